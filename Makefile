@@ -1,0 +1,30 @@
+# timm-snnet: `make demo`, `make test`, `make bench`, `make reproduce`
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH := torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench lint reproduce clean
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e ".[test]" $(TORCH)
+	touch $(STAMP)
+
+demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python examples/demo.py
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check timm_snnet tests examples benchmarks hub
+
+bench: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.run $(if $(QUICK),--quick,)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,33 @@
+"""Shared fixtures: tiny anchors of the same timm classes, so the suite stays fast."""
+import os
+
+import pytest
+import timm
+import torch
+
+import timm_snnet  # noqa: F401  (registers the models)
+
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# entry point -> (kwargs giving tiny anchors of the same timm classes, input size)
+TINY = {
+    'snnet_deit_tsb': (dict(
+        img_size=32,
+        anchor_kwargs=[dict(patch_size=8, embed_dim=e, depth=4, num_heads=2) for e in (16, 32, 48)],
+    ), (3, 32, 32)),
+}
+
+
+def tiny(name: str, **kwargs) -> torch.nn.Module:
+    """A tiny SN-Net of the given entry point (same anchor classes, small widths and depths)."""
+    return timm.create_model(name, **{**TINY[name][0], **kwargs})
+
+
+def tiny_input(name: str, batch: int = 2, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, *TINY[name][1], generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(params=sorted(TINY))
+def tiny_name(request) -> str:
+    return request.param

@@ -1,0 +1,7 @@
+"""timm-snnet: Stitchable Neural Networks (SN-Net) for timm. Importing it registers the `snnet_*` models."""
+from .configs import StitchConfig, enumerate_configs
+from .models import HF_HUB_ORG
+from .snnet import SNNet
+
+__version__ = '0.1.0'
+__all__ = ['HF_HUB_ORG', 'SNNet', 'StitchConfig', 'enumerate_configs']

@@ -1,0 +1,31 @@
+"""ViT / DeiT adapter over timm's VisionTransformer: tokens (B, N, C), one stage of equal blocks."""
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+from . import Family, Unit, register_family
+
+
+@register_family
+class ViTFamily(Family):
+    model_cls = VisionTransformer
+    layout = 'tokens'
+    stem_names = ('patch_embed', 'cls_token', 'reg_token', 'pos_embed', 'norm_pre')
+
+    def units(self, model: VisionTransformer) -> list[Unit]:
+        reduction = model.patch_embed.patch_size[0]
+        return [Unit(0, i, (f'blocks.{i}',), model.embed_dim, reduction) for i in range(len(model.blocks))]
+
+    def stem(self, model: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
+        x = model.patch_embed(x)
+        x = model._pos_embed(x)
+        x = model.patch_drop(x)
+        return model.norm_pre(x)
+
+    def finish(self, model: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
+        return model.norm(x)
+
+    def check_input(self, model: VisionTransformer, x: torch.Tensor) -> None:
+        pe = model.patch_embed
+        if pe.strict_img_size and not pe.dynamic_img_pad and tuple(x.shape[-2:]) != tuple(pe.img_size):
+            raise ValueError(f'input size {tuple(x.shape[-2:])} does not match the anchors\' fixed image size '
+                             f'{tuple(pe.img_size)}; build the model with img_size={pe.img_size[0]} or resize')

@@ -1,0 +1,96 @@
+"""FLOPs and parameter counts with fvcore (one multiply-add = one FLOP), attention included.
+
+Each anchor is traced once; per-unit costs are cached so a config's cost is a sum over the units it runs.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from fvcore.nn import FlopCountAnalysis
+from fvcore.nn.jit_handles import get_shape
+from torch import nn
+
+from .families import Family
+
+
+def sdpa_flop_jit(inputs: list[Any], outputs: list[Any]) -> int:
+    """`aten::scaled_dot_product_attention`: Q @ K^T plus attn @ V (fvcore skips this op by default)."""
+    q, k, v = (get_shape(i) for i in inputs[:3])
+    rows = math.prod(q[:-1])
+    return rows * k[-2] * (q[-1] + v[-1])
+
+
+def count_flops(model: nn.Module, x: torch.Tensor) -> FlopCountAnalysis:
+    analysis = FlopCountAnalysis(model, x).set_op_handle('aten::scaled_dot_product_attention', sdpa_flop_jit)
+    analysis.unsupported_ops_warnings(False)
+    analysis.uncalled_modules_warnings(False)
+    return analysis
+
+
+@dataclass(frozen=True)
+class AnchorCosts:
+    """FLOPs and params of an anchor split into stem, units and head (head = the rest, incl. final norm)."""
+    flops: int
+    params: int
+    stem_flops: int
+    stem_params: int
+    unit_flops: tuple[int, ...]
+    unit_params: tuple[int, ...]
+
+    @property
+    def head_flops(self) -> int:
+        return self.flops - self.stem_flops - sum(self.unit_flops)
+
+    @property
+    def head_params(self) -> int:
+        return self.params - self.stem_params - sum(self.unit_params)
+
+    def front(self, stop: int) -> tuple[int, int]:
+        """Cost of the stem and units [0, stop)."""
+        return self.stem_flops + sum(self.unit_flops[:stop]), self.stem_params + sum(self.unit_params[:stop])
+
+    def back(self, start: int) -> tuple[int, int]:
+        """Cost of units [start, end) and the head."""
+        return self.head_flops + sum(self.unit_flops[start:]), self.head_params + sum(self.unit_params[start:])
+
+
+def _owned(name: str, prefixes: Sequence[str]) -> bool:
+    return any(name == p or name.startswith(p + '.') for p in prefixes)
+
+
+def anchor_costs(model: nn.Module, family: Family, input_size: Sequence[int]) -> AnchorCosts:
+    """Trace one anchor at batch 1 and split its costs by the family's stem and unit module names."""
+    units = family.units(model)
+    param = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            analysis = count_flops(model, torch.zeros(1, *input_size, device=param.device, dtype=param.dtype))
+            by_module = analysis.by_module()
+    finally:
+        model.train(was_training)
+    named = dict(model.named_parameters())
+
+    def params_of(prefixes: Sequence[str]) -> int:
+        return sum(p.numel() for n, p in named.items() if _owned(n, prefixes))
+
+    return AnchorCosts(
+        flops=int(by_module['']),
+        params=sum(p.numel() for p in named.values()),
+        stem_flops=sum(int(by_module.get(n, 0)) for n in family.stem_names),
+        stem_params=params_of(family.stem_names),
+        unit_flops=tuple(sum(int(by_module.get(n, 0)) for n in u.modules) for u in units),
+        unit_params=tuple(params_of(u.modules) for u in units),
+    )
+
+
+def stitching_layer_cost(layer: nn.Module, rows: int) -> tuple[int, int]:
+    """A Linear or 1x1 conv stitching layer: rows * in * out multiply-adds (fvcore leaves the bias out)."""
+    weight = layer.weight
+    return rows * weight.shape[0] * weight.shape[1], sum(p.numel() for p in layer.parameters())

@@ -1,0 +1,521 @@
+"""SN-Net engine: anchors, stitching layers, the config table and the active stitch.
+
+The engine knows anchors only through their family adapter (stem, units with activation specs, finish, head).
+"""
+from __future__ import annotations
+
+import bisect
+import json
+import operator
+from typing import Any, Iterable, Iterator, Optional, Sequence, Union
+
+import timm
+import torch
+from timm.models._input import get_model_input_config, update_model_args
+from timm.models._manipulate import checkpoint
+from torch import nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing as is_fx_tracing
+from tqdm.auto import tqdm
+
+from .configs import Rule, StitchConfig, assign_layers, enumerate_configs
+from .families import Family, Unit, family_for
+from .flops import AnchorCosts, anchor_costs, stitching_layer_cost
+from .stitching import LeastSquares, average_affine, create_stitching_layer, to_rows
+
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def counter_uniform(seed: int, step: int) -> float:
+    """Uniform [0, 1) from (seed, step) alone: every DDP rank draws the same stitch without communication."""
+    return (_splitmix64(_splitmix64(seed & _MASK64) ^ (step & _MASK64)) >> 11) / float(1 << 53)
+
+
+class _ZeroGradFor(torch.autograd.Function):
+    """Identity on `x` that hands zero gradients to `params`: every parameter joins each step's graph (for DDP)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
+        ctx.specs = [(p.shape, p.dtype, p.device) for p in params]
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return (grad, *(torch.zeros(s, dtype=d, device=dev) for s, d, dev in ctx.specs))
+
+
+def _image_batches(data: Union[torch.Tensor, Iterable], num_images: int, chunk: int) -> Iterator[torch.Tensor]:
+    """Image chunks from a tensor batch or an iterable of `(images, ...)` batches, at most `num_images` in all."""
+    batches = [data] if isinstance(data, torch.Tensor) else data
+    seen = 0
+    for batch in batches:
+        images = batch if isinstance(batch, torch.Tensor) else batch[0]
+        if not isinstance(images, torch.Tensor) or images.ndim != 4:
+            raise ValueError(f'expected image batches of shape (B, C, H, W), got {type(images).__name__} '
+                             f'{tuple(getattr(images, "shape", ()))}')
+        for part in images[:num_images - seen].split(chunk):
+            yield part
+        seen += min(len(images), num_images - seen)
+        if seen >= num_images:
+            return
+
+
+class SNNet(nn.Module):
+    """Stitchable Neural Network over a family of timm anchors (smallest first).
+
+    Args:
+        anchors: timm model names of the anchors, smallest first (tags allowed, e.g. `deit_tiny_patch16_224.fb_in1k`).
+        anchor_kwargs: extra kwargs for every anchor (a dict) or for each anchor (a list of dicts).
+        names: short display names of the anchors (e.g. `('Ti', 'S', 'B')`).
+        rule: `'window'` (isotropic models: sliding window over block ids) or `'stage'` (hierarchical models).
+        stages: stages to stitch in (`'stage'` rule).
+        kernel_size, stride: the sliding window (`'window'` rule).
+        layer_assignment: stitching layer of each stitch, in config order; default one layer per window/front block.
+        stitch_id: active config at start; default the largest anchor.
+        stitch_seed: seed of the training-time stitch sampler (the same on every rank).
+        sampling_weights: relative sampling weight of each config in training; default uniform.
+        stitched_final_norm: stitched paths end with the back anchor's final norm (False reproduces SN-Net v1 DeiT).
+        stitch_table: measured results per config (rows of a sweep), carried in checkpoints for `select_stitch`.
+        pretrained_anchors: load each anchor's own timm pretrained weights.
+        num_classes, in_chans, drop_rate, drop_path_rate, global_pool, img_size: passed to every anchor.
+    """
+
+    def __init__(
+            self,
+            anchors: Sequence[str],
+            anchor_kwargs: Union[None, dict, Sequence[dict]] = None,
+            names: Optional[Sequence[str]] = None,
+            rule: Rule = 'window',
+            stages: Sequence[int] = (0,),
+            kernel_size: int = 2,
+            stride: int = 1,
+            layer_assignment: Optional[Sequence[int]] = None,
+            stitch_id: Optional[int] = None,
+            stitch_seed: int = 0,
+            sampling_weights: Optional[Sequence[float]] = None,
+            stitched_final_norm: bool = True,
+            stitch_table: Optional[Sequence[dict]] = None,
+            pretrained_anchors: bool = False,
+            num_classes: int = 1000,
+            in_chans: int = 3,
+            drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            global_pool: Optional[str] = None,
+            img_size: Optional[Union[int, Sequence[int]]] = None,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        if len(anchors) < 2:
+            raise ValueError(f'an SN-Net needs at least 2 anchors, got {list(anchors)}')
+        if anchor_kwargs is None or isinstance(anchor_kwargs, dict):
+            anchor_kwargs = [dict(anchor_kwargs or {}) for _ in anchors]
+        if len(anchor_kwargs) != len(anchors):
+            raise ValueError(f'anchor_kwargs has {len(anchor_kwargs)} entries for {len(anchors)} anchors')
+        common = dict(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate, drop_path_rate=drop_path_rate,
+                      global_pool=global_pool, img_size=img_size, device=device, dtype=dtype)
+        self.anchors = nn.ModuleList([
+            timm.create_model(name, pretrained=pretrained_anchors, **{**common, **kw})
+            for name, kw in zip(anchors, anchor_kwargs)])
+        self.anchor_names = tuple(names or (n.split('.')[0] for n in anchors))
+        if len(self.anchor_names) != len(anchors):
+            raise ValueError(f'{len(self.anchor_names)} names for {len(anchors)} anchors')
+        self._families: list[Family] = [family_for(m) for m in self.anchors]
+        self._units: list[list[Unit]] = [f.units(m) for f, m in zip(self._families, self.anchors)]
+        self.stitched_final_norm = stitched_final_norm
+        self.in_chans = in_chans
+        self.grad_checkpointing = False
+
+        depths = [self._stage_depths(u) for u in self._units]
+        configs, layers = enumerate_configs(depths, stages, rule, kernel_size, stride)
+        if layer_assignment is not None:
+            configs, layers = assign_layers(configs, layers, list(layer_assignment))
+        self._configs = configs
+        self._depths = depths
+        self.stitch_layers = nn.ModuleList([self._make_layer(s.front, s.back, s.stage, device, dtype) for s in layers])
+        self._plans = [self._plan(c) for c in configs]
+
+        self.stitch_seed = int(stitch_seed)
+        self.register_buffer('sample_step', torch.zeros((), dtype=torch.long, device=device))
+        self.register_load_state_dict_post_hook(_sync_sample_step)
+        self._step = 0
+        self._cum_weights: list[float] = []
+        self.set_sampling_weights(sampling_weights)
+        self._stitch_id = len(anchors) - 1
+        if stitch_id is not None:
+            self.set_stitch(stitch_id)
+        self.register_buffer('stitch_table_json', torch.zeros(0, dtype=torch.uint8, device=device))
+        if stitch_table is not None:
+            self.set_stitch_table(stitch_table)
+        self._costs: dict = {}
+        self._off_path: dict = {}
+
+    # --- structure -------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _stage_depths(units: Sequence[Unit]) -> list[int]:
+        depths = [0] * (max(u.stage for u in units) + 1)
+        for u in units:
+            depths[u.stage] += 1
+        return depths
+
+    def _unit_index(self, anchor: int, stage: int, block: int) -> int:
+        return sum(self._depths[anchor][:stage]) + block
+
+    def _cut(self, anchor: int, stage: int, block: int) -> Unit:
+        return self._units[anchor][self._unit_index(anchor, stage, block)]
+
+    def _make_layer(self, front: int, back: int, stage: int, device, dtype) -> nn.Module:
+        f, b = self._cut(front, stage, 0), self._cut(back, stage, 0)
+        if f.reduction != b.reduction:
+            raise ValueError(f'cannot stitch stage {stage}: {self.anchor_names[front]} runs at 1/{f.reduction} '
+                             f'resolution, {self.anchor_names[back]} at 1/{b.reduction}')
+        return create_stitching_layer(
+            f.channels, b.channels, self._families[front].layout, self._families[back].layout, device, dtype)
+
+    def _plan(self, c: StitchConfig) -> tuple[int, int, Optional[int], int, int]:
+        """(front anchor, front units stop, stitching layer, back anchor, back units start) for a config."""
+        if c.is_anchor:
+            n = len(self._units[c.front])
+            return c.front, n, None, c.back, n
+        return (c.front, self._unit_index(c.front, c.stage, c.front_block) + 1, c.layer,
+                c.back, self._unit_index(c.back, c.stage, c.back_block))
+
+    @property
+    def num_configs(self) -> int:
+        return len(self._configs)
+
+    @property
+    def stitch_id(self) -> int:
+        return self._stitch_id
+
+    @property
+    def num_classes(self) -> int:
+        return self.anchors[-1].num_classes
+
+    @property
+    def num_features(self) -> int:
+        return self.anchors[self._configs[self._stitch_id].back].num_features
+
+    @property
+    def head_hidden_size(self) -> int:
+        back = self.anchors[self._configs[self._stitch_id].back]
+        return getattr(back, 'head_hidden_size', back.num_features)
+
+    # --- stitch selection ------------------------------------------------------------------------------------------
+    def _check_id(self, stitch_id: Any) -> int:
+        valid = f'valid ids are integers 0..{len(self._configs) - 1}'
+        if isinstance(stitch_id, bool):
+            raise ValueError(f'stitch id must be an integer, got bool {stitch_id}; {valid}')
+        try:
+            k = operator.index(stitch_id)
+        except TypeError:
+            raise ValueError(f'stitch id must be an integer, got {type(stitch_id).__name__} {stitch_id!r}; '
+                             f'{valid}') from None
+        if not 0 <= k < len(self._configs):
+            raise ValueError(f'stitch id {k} out of range; {valid}')
+        return k
+
+    def set_stitch(self, stitch_id: int) -> None:
+        """Make `stitch_id` the active config (O(1)). It runs in eval mode and in `forward_features`/`forward_head`."""
+        self._stitch_id = self._check_id(stitch_id)
+
+    def set_sampling_weights(self, weights: Optional[Sequence[float]] = None) -> None:
+        """Relative probability of each config in training-time sampling; None is uniform."""
+        if weights is None:
+            weights = [1.0] * len(self._configs)
+        weights = [float(w) for w in weights]
+        if len(weights) != len(self._configs) or min(weights) < 0 or sum(weights) <= 0:
+            raise ValueError(f'sampling weights need {len(self._configs)} non-negative values with a positive sum')
+        total, cum = 0.0, []
+        for w in weights:
+            total += w
+            cum.append(total)
+        self._cum_weights = cum
+
+    def sample_stitch(self) -> int:
+        """Draw the next training stitch from (stitch_seed, step): identical on every rank, saved in checkpoints."""
+        u = counter_uniform(self.stitch_seed, self._step) * self._cum_weights[-1]
+        self._step += 1
+        self.sample_step.fill_(self._step)
+        return min(bisect.bisect_right(self._cum_weights, u), len(self._cum_weights) - 1)
+
+    # --- measured table (sweep results carried by the model) -------------------------------------------------------
+    @property
+    def stitch_table(self) -> Optional[list[dict]]:
+        """Sweep rows (dicts with at least `id`) stored in the model, or None."""
+        if self.stitch_table_json.numel() == 0 or self.stitch_table_json.is_meta:
+            return None
+        return json.loads(bytes(self.stitch_table_json.cpu().tolist()).decode('utf-8'))
+
+    def set_stitch_table(self, rows: Optional[Sequence[dict]]) -> None:
+        """Store sweep rows in the model: saved in its state dict (a uint8 buffer) and in its timm model_args."""
+        if rows is not None:
+            rows = [dict(r) for r in rows]
+            bad = [r for r in rows if self._row_id(r) is None]
+            if bad:
+                raise ValueError(f'stitch table rows need an integer `id` in 0..{len(self._configs) - 1}: {bad[:2]}')
+        data = b'' if rows is None else json.dumps(rows, sort_keys=True).encode('utf-8')
+        self.stitch_table_json = torch.tensor(list(data), dtype=torch.uint8, device=self.stitch_table_json.device)
+        if rows is not None or hasattr(self, '_model_args'):
+            update_model_args(self, stitch_table=rows)
+
+    def _row_id(self, row: dict) -> Optional[int]:
+        k = row.get('id')
+        return k if isinstance(k, int) and not isinstance(k, bool) and 0 <= k < len(self._configs) else None
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        table = state_dict.get(prefix + 'stitch_table_json')
+        if table is not None and table.shape != self.stitch_table_json.shape:  # variable length: take its size
+            self.stitch_table_json = torch.empty_like(table, device=self.stitch_table_json.device)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    # --- config table ----------------------------------------------------------------------------------------------
+    def _input_size(self) -> tuple[int, ...]:
+        """The model's current input size (timm's traits: `img_size` kwarg, else the pretrained cfg)."""
+        if getattr(self, 'pretrained_cfg', None):
+            return tuple(get_model_input_config(self)['input_size'])
+        return tuple(get_model_input_config(self.anchors[0])['input_size'])
+
+    def _anchor_costs(self, input_size: tuple[int, ...]) -> tuple[list[AnchorCosts], list[tuple[int, int]]]:
+        key = tuple(input_size)
+        if key not in self._costs:
+            costs = [anchor_costs(m, f, input_size) for m, f in zip(self.anchors, self._families)]
+            param = next(self.parameters())
+            x = torch.zeros(1, *input_size, device=param.device, dtype=param.dtype)
+            rows = [{u: to_rows(a, self._families[i].layout).shape[0] for u, a in self._activations(i, x).items()}
+                    for i in range(len(self.anchors))]
+            layer_costs = []
+            for layer_id, layer in enumerate(self.stitch_layers):
+                c = next(c for c in self._configs if c.layer == layer_id)
+                layer_costs.append(stitching_layer_cost(layer, rows[c.front][self._plans[c.id][1] - 1]))
+            self._costs[key] = (costs, layer_costs)
+        return self._costs[key]
+
+    def stitch_configs(self, input_size: Optional[Sequence[int]] = None) -> tuple[StitchConfig, ...]:
+        """Every config with its GFLOPs (fvcore, batch 1) and the params on its path."""
+        costs, layer_costs = self._anchor_costs(tuple(input_size or self._input_size()))
+        out = []
+        for c, (f, stop, layer, b, start) in zip(self._configs, self._plans):
+            if layer is None:
+                flops, params = costs[f].flops, costs[f].params
+            else:
+                parts = (costs[f].front(stop), layer_costs[layer], costs[b].back(start))
+                flops, params = sum(p[0] for p in parts), sum(p[1] for p in parts)
+            out.append(StitchConfig(**{**c.as_dict(), 'gflops': flops / 1e9, 'params': params}))
+        return tuple(out)
+
+    def describe(self, config: StitchConfig) -> str:
+        return config.path(self.anchor_names, self._depths)
+
+    # --- forward ---------------------------------------------------------------------------------------------------
+    def _run(self, anchor: int, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        model = self.anchors[anchor]
+        for unit in self._units[anchor][start:stop]:
+            for name in unit.modules:
+                module = model.get_submodule(name)
+                if self.grad_checkpointing and torch.is_grad_enabled() and not is_fx_tracing():
+                    x = checkpoint(module, x)
+                else:
+                    x = module(x)
+        return x
+
+    def _features(self, x: torch.Tensor, stitch_id: int) -> torch.Tensor:
+        front, stop, layer, back, start = self._plans[stitch_id]
+        if not is_fx_tracing():
+            self._families[front].check_input(self.anchors[front], x)
+        x = self._families[front].stem(self.anchors[front], x)
+        x = self._run(front, x, 0, stop)
+        if layer is None:
+            return self._families[front].finish(self.anchors[front], x)
+        x = self.stitch_layers[layer](x)
+        x = self._run(back, x, start, len(self._units[back]))
+        return self._families[back].finish(self.anchors[back], x) if self.stitched_final_norm else x
+
+    def _head(self, x: torch.Tensor, stitch_id: int, pre_logits: bool = False) -> torch.Tensor:
+        back = self._plans[stitch_id][3]
+        return self._families[back].head(self.anchors[back], x, pre_logits=pre_logits)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self._features(x, self._stitch_id)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self._head(x, self._stitch_id, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor, stitch_id: Optional[int] = None) -> torch.Tensor:
+        """Run one stitch: `stitch_id` for this call only; else, in training, a sampled one; else the active one."""
+        tracing = is_fx_tracing()
+        if stitch_id is not None and not tracing:
+            k = self._check_id(stitch_id)
+        elif self.training and not tracing:
+            k = self.sample_stitch()
+        else:
+            k = self._stitch_id
+        x = self._head(self._features(x, k), k)
+        if self.training and torch.is_grad_enabled():
+            x = self._join_off_path(x, k, tracing)
+        return x
+
+    def _join_off_path(self, x: torch.Tensor, stitch_id: int, tracing: bool) -> torch.Tensor:
+        """Give parameters off the path a zero gradient, so DDP without find_unused_parameters works."""
+        if stitch_id not in self._off_path:
+            self._off_path[stitch_id] = self._off_path_names(stitch_id)
+        names = self._off_path[stitch_id]
+        if tracing:  # reach parameters as module attributes so FX records them
+            zero = sum(getattr(self.get_submodule(m), p).sum() for m, p in names) * 0.0
+            return x + zero
+        params = [getattr(self.get_submodule(m), p) for m, p in names]
+        return _ZeroGradFor.apply(x, *params) if params else x
+
+    def _off_path_names(self, stitch_id: int) -> list[tuple[str, str]]:
+        front, stop, layer, back, start = self._plans[stitch_id]
+        on = {f'stitch_layers.{layer}'} if layer is not None else set()
+        for anchor, units, with_stem in ((front, range(stop), True), (back, range(start, len(self._units[back])), False)):
+            prefix = f'anchors.{anchor}.'
+            if anchor == front == back:
+                on.add(prefix[:-1])
+                continue
+            on.update(prefix + m for u in units for m in self._units[anchor][u].modules)
+            if with_stem:
+                on.update(prefix + n for n in self._families[anchor].stem_names)
+            else:  # the head: everything that is neither stem nor a unit
+                owned = set(self._families[anchor].stem_names) | {m for u in self._units[anchor] for m in u.modules}
+                on.update(prefix + n for n, _ in self.anchors[anchor].named_parameters()
+                          if not any(n == o or n.startswith(o + '.') for o in owned))
+        off = [n for n, _ in self.named_parameters() if not any(n == o or n.startswith(o + '.') for o in on)]
+        return [tuple(n.rsplit('.', 1)) for n in off]
+
+    # --- least-squares init ----------------------------------------------------------------------------------------
+    def _activations(self, anchor: int, x: torch.Tensor, keep: Optional[set] = None) -> dict[int, torch.Tensor]:
+        """Outputs of the stem (key -1) and of each unit (key = global unit index) of one anchor."""
+        model, family = self.anchors[anchor], self._families[anchor]
+        out = {}
+        x = family.stem(model, x)
+        if keep is None or -1 in keep:
+            out[-1] = x
+        last = len(self._units[anchor]) if keep is None else max(keep) + 1
+        for u in range(last):
+            x = self._run(anchor, x, u, u + 1)
+            if keep is None or u in keep:
+                out[u] = x
+        return out
+
+    def _ls_pairs(self) -> list[tuple[StitchConfig, tuple[int, int], tuple[int, int]]]:
+        """(config, front cut, back cut) for each stitch: the layer maps front cut -> back cut (input of block k)."""
+        return [(c, (f, stop - 1), (b, start - 1))
+                for c, (f, stop, layer, b, start) in zip(self._configs, self._plans) if layer is not None]
+
+    @torch.no_grad()
+    def init_stitching_layers(
+            self,
+            data: Union[torch.Tensor, Iterable],
+            num_images: int = 100,
+            batch_size: int = 25,
+            progress: bool = True,
+    ) -> None:
+        """Least-squares init of every stitching layer from `num_images` images (float64, bias column).
+
+        Solved for each (j, k) on all tokens / pixels, then averaged over the configs that share a layer.
+        `data` is an image tensor (B, C, H, W) or an iterable of `(images, ...)` batches, already transformed.
+        """
+        pairs = self._ls_pairs()
+        keep: dict[int, set] = {}
+        for _, (f, fu), (b, bu) in pairs:
+            keep.setdefault(f, set()).add(fu)
+            keep.setdefault(b, set()).add(bu)
+        ls, seen = LeastSquares(), 0
+        param = next(self.parameters())
+        was_training = self.training
+        self.eval()
+        try:
+            bar = tqdm(total=num_images, desc='LS init', unit='img', disable=not progress)
+            for images in _image_batches(data, num_images, batch_size):
+                images = images.to(device=param.device, dtype=param.dtype)
+                acts = {a: self._activations(a, images, cuts) for a, cuts in keep.items()}
+                grams = set()
+                for _, (f, fu), (b, bu) in pairs:
+                    ls.add((f, fu), (b, bu), to_rows(acts[f][fu], self._families[f].layout),
+                           to_rows(acts[b][bu], self._families[b].layout), add_gram=(f, fu) not in grams)
+                    grams.add((f, fu))
+                seen += len(images)
+                bar.update(len(images))
+            bar.close()
+        finally:
+            self.train(was_training)
+        if not seen:
+            raise ValueError('init_stitching_layers got no images: pass a (B, C, H, W) tensor or batches of them')
+        for layer_id, layer in enumerate(self.stitch_layers):
+            solved = [ls.solve(fc, bc) for c, fc, bc in pairs if c.layer == layer_id]
+            weight, bias = average_affine(solved)
+            layer.set_affine(weight.to(layer.weight), bias.to(layer.bias))
+
+    @torch.no_grad()
+    def stitching_error(self, images: torch.Tensor) -> dict[int, float]:
+        """Per stitch: mean squared error between the stitching layer's output and the back anchor's activation."""
+        was_training = self.training
+        self.eval()
+        try:
+            acts = [self._activations(a, images) for a in range(len(self.anchors))]
+        finally:
+            self.train(was_training)
+        errors = {}
+        for c, (f, fu), (b, bu) in self._ls_pairs():
+            pred = self.stitch_layers[c.layer](acts[f][fu])
+            errors[c.id] = float((pred - acts[b][bu]).double().pow(2).mean())
+        return errors
+
+    # --- timm contract ---------------------------------------------------------------------------------------------
+    def get_classifier(self) -> nn.Module:
+        return self.anchors[self._plans[self._stitch_id][3]].get_classifier()
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """Reset every anchor's head."""
+        for model in self.anchors:
+            if global_pool is None:
+                model.reset_classifier(num_classes)
+            else:
+                model.reset_classifier(num_classes, global_pool)
+        self._costs.clear()
+        self._off_path.clear()
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        out = set()
+        for i, model in enumerate(self.anchors):
+            if hasattr(model, 'no_weight_decay'):
+                out.update(f'anchors.{i}.{n}' for n in model.no_weight_decay())
+        return out
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Each anchor's own groups under `anchors.N.`; stitching layers join the last (head) group."""
+        groups: dict[str, list] = {}
+        for i, model in enumerate(self.anchors):
+            for key, rules in model.group_matcher(coarse=coarse).items():
+                if isinstance(rules, str):
+                    rules = [(rules, None)]
+                groups.setdefault(key, []).extend((_prefixed(i, pattern), suffix) for pattern, suffix in rules)
+        groups.setdefault('blocks', []).append((r'^stitch_layers\.', (99999,)))
+        return groups
+
+
+def _prefixed(anchor: int, pattern: str) -> str:
+    body = pattern.replace('|^', '|').lstrip('^')
+    return rf'^anchors\.(?:{anchor})\.(?:{body})'
+
+
+def _sync_sample_step(module: SNNet, incompatible_keys) -> None:
+    """After load_state_dict, continue the training-stitch sequence from the loaded step."""
+    if not module.sample_step.is_meta:
+        module._step = int(module.sample_step)
