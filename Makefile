@@ -5,14 +5,24 @@ BIN := $(VENV)/bin
 TORCH := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint reproduce clean
+.PHONY: demo test bench lint reproduce clean timm-tests
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e ".[test]" $(TORCH)
+	$(MAKE) timm-tests
 	touch $(STAMP)
+
+# timm's generic model tests (tests/test_models.py) ship in its sdist, not its wheel
+TIMM_TESTS := $(VENV)/timm-tests
+timm-tests:
+	rm -rf $(TIMM_TESTS) && mkdir -p $(TIMM_TESTS)
+	$(BIN)/pip download -q --no-deps --no-binary :all: -d $(TIMM_TESTS) \
+		"timm==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("timm"))')"
+	tar xzf $(TIMM_TESTS)/timm-*.tar.gz -C $(TIMM_TESTS) --strip-components=2 --wildcards '*/tests/test_models.py'
+	rm $(TIMM_TESTS)/timm-*.tar.gz
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python examples/demo.py
