@@ -1,4 +1,5 @@
 """snnet_deit_tsb at full size: registry, the 71 official configs, FLOPs/params, pretrained anchors."""
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -51,8 +52,8 @@ def test_config_records(deit):
     assert deit.describe(c) == 'Ti[0..0] -> S[0..]'
     assert deit.describe(configs[36]) == 'Ti[0..11] -> S[11..]' and configs[37].front == 1
     assert len({c.layer for c in configs if not c.is_anchor}) == len(deit.stitch_layers) == 22
-    with pytest.raises(Exception):
-        c.id = 5  # frozen
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.id = 5
 
 
 @pytest.mark.parametrize('kernel_size,stride,count', [(1, 1, 27), (2, 1, 71), (3, 1, 111), (4, 1, 147), (2, 2, 51)])

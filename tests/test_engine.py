@@ -5,9 +5,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import timm
 import torch
-from safetensors.torch import load_file, save_file
-
 from conftest import TINY, tiny, tiny_input
+from safetensors.torch import load_file, save_file
 
 
 def _plain_anchor(model, i):
@@ -95,6 +94,8 @@ def test_ls_init_stable_on_constant_and_deterministic(tiny_name):
     model.init_stitching_layers(const, num_images=6, progress=False)
     first = {k: v.clone() for k, v in model.stitch_layers.state_dict().items()}
     assert all(torch.isfinite(v).all() for v in first.values())
+    model.init_stitching_layers(const, num_images=6, progress=False)
+    assert all(torch.equal(v, first[k]) for k, v in model.stitch_layers.state_dict().items())  # deterministic
     model.init_stitching_layers([(const[:3], None), (const[3:], None)], num_images=6, progress=False)
     for k, v in model.stitch_layers.state_dict().items():
         torch.testing.assert_close(v, first[k], rtol=1e-5, atol=1e-6)

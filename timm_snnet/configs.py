@@ -123,7 +123,7 @@ def enumerate_configs(
                 if lf == lb:
                     groups = window_groups(lf, kernel_size, stride)
                     window = {jk: g for g, group in enumerate(groups) for jk in group}
-                    add(f, b, s, [jk for group in groups for jk in group], lambda j, k: window[(j, k)])
+                    add(f, b, s, list(window), lambda j, k, window=window: window[(j, k)])
                 else:
                     add(f, b, s, mapped_pairs(lf, lb), lambda j, k: j)
     elif rule == 'stage':

@@ -11,6 +11,7 @@ from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
 import timm
 import torch
+from timm.models import get_pretrained_cfg
 from timm.models._input import get_model_input_config, update_model_args
 from timm.models._manipulate import checkpoint
 from torch import nn
@@ -59,8 +60,7 @@ def _image_batches(data: Union[torch.Tensor, Iterable], num_images: int, chunk: 
         if not isinstance(images, torch.Tensor) or images.ndim != 4:
             raise ValueError(f'expected image batches of shape (B, C, H, W), got {type(images).__name__} '
                              f'{tuple(getattr(images, "shape", ()))}')
-        for part in images[:num_images - seen].split(chunk):
-            yield part
+        yield from images[:num_images - seen].split(chunk)
         seen += min(len(images), num_images - seen)
         if seen >= num_images:
             return
@@ -121,7 +121,7 @@ class SNNet(nn.Module):
         common = dict(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate, drop_path_rate=drop_path_rate,
                       global_pool=global_pool, img_size=img_size, device=device, dtype=dtype)
         self.anchors = nn.ModuleList([
-            timm.create_model(name, pretrained=pretrained_anchors, **{**common, **kw})
+            timm.create_model(name, pretrained=pretrained_anchors, **{**_shared_kwargs(name, common), **kw})
             for name, kw in zip(anchors, anchor_kwargs)])
         self.anchor_names = tuple(names or (n.split('.')[0] for n in anchors))
         if len(self.anchor_names) != len(anchors):
@@ -329,8 +329,9 @@ class SNNet(nn.Module):
 
     def _features(self, x: torch.Tensor, stitch_id: int) -> torch.Tensor:
         front, stop, layer, back, start = self._plans[stitch_id]
-        if not is_fx_tracing():
-            self._families[front].check_input(self.anchors[front], x)
+        if not is_fx_tracing():  # the input must suit every anchor on the path
+            for anchor in dict.fromkeys((front, back)):
+                self._families[anchor].check_input(self.anchors[anchor], x)
         x = self._families[front].stem(self.anchors[front], x)
         x = self._run(front, x, 0, stop)
         if layer is None:
@@ -377,7 +378,8 @@ class SNNet(nn.Module):
     def _off_path_names(self, stitch_id: int) -> list[tuple[str, str]]:
         front, stop, layer, back, start = self._plans[stitch_id]
         on = {f'stitch_layers.{layer}'} if layer is not None else set()
-        for anchor, units, with_stem in ((front, range(stop), True), (back, range(start, len(self._units[back])), False)):
+        roles = ((front, range(stop), True), (back, range(start, len(self._units[back])), False))
+        for anchor, units, with_stem in roles:
             prefix = f'anchors.{anchor}.'
             if anchor == front == back:
                 on.add(prefix[:-1])
@@ -471,6 +473,29 @@ class SNNet(nn.Module):
             errors[c.id] = float((pred - acts[b][bu]).double().pow(2).mean())
         return errors
 
+    # --- budget selection ------------------------------------------------------------------------------------------
+    def select_stitch(
+            self,
+            max_gflops: Optional[float] = None,
+            max_latency_ms: Optional[float] = None,
+            min_top1: Optional[float] = None,
+            table: Optional[Sequence[dict]] = None,
+            latency: str = 'b1',
+    ) -> int:
+        """Best config id within a budget, from `table`, else the stored stitch table, else FLOPs alone.
+
+        With measured rows, best is the highest top-1; with FLOPs alone, the largest-FLOPs config within budget.
+        Raises ValueError when no config fits. Apply it with `model.set_stitch(model.select_stitch(...))`.
+        """
+        from .selection import select_stitch
+
+        rows = table if table is not None else self.stitch_table
+        if rows is None:
+            rows = [dict(id=c.id, path=self.describe(c), gflops=c.gflops, params=c.params)
+                    for c in self.stitch_configs()]
+        return select_stitch(rows, max_gflops=max_gflops, max_latency_ms=max_latency_ms, min_top1=min_top1,
+                             latency=latency)
+
     # --- timm contract ---------------------------------------------------------------------------------------------
     def get_classifier(self) -> nn.Module:
         return self.anchors[self._plans[self._stitch_id][3]].get_classifier()
@@ -508,6 +533,14 @@ class SNNet(nn.Module):
                 groups.setdefault(key, []).extend((_prefixed(i, pattern), suffix) for pattern, suffix in rules)
         groups.setdefault('blocks', []).append((r'^stitch_layers\.', (99999,)))
         return groups
+
+
+def _shared_kwargs(anchor: str, common: dict[str, Any]) -> dict[str, Any]:
+    """Kwargs shared by every anchor; as in timm, only models with a fixed input size take `img_size`."""
+    cfg = get_pretrained_cfg(anchor)
+    if cfg is not None and not cfg.fixed_input_size:
+        return {k: v for k, v in common.items() if k != 'img_size'}
+    return common
 
 
 def _prefixed(anchor: int, pattern: str) -> str:

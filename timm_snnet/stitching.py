@@ -79,9 +79,13 @@ class LeastSquares:
         self.cross[(x_key, y_key)] = self.cross.get((x_key, y_key), 0) + xa.T @ y.to(torch.float64)
 
     def solve(self, x_key, y_key) -> tuple[torch.Tensor, torch.Tensor]:
-        """Minimum-norm solution (stable when rows are rank deficient); returns (weight [out, in], bias [out])."""
+        """Minimum-norm solution (stable when rows are rank deficient); returns (weight [out, in], bias [out]).
+
+        Directions of X below 1e-5 of its largest singular value (1e-10 on the Gram) are dropped, so round-off in
+        the float64 sums cannot flip a near-null direction in or out.
+        """
         gram, cross = self.gram[x_key].cpu(), self.cross[(x_key, y_key)].cpu()
-        sol = torch.linalg.lstsq(gram, cross, rcond=None, driver='gelsd').solution
+        sol = torch.linalg.lstsq(gram, cross, rcond=1e-10, driver='gelsd').solution
         sol = torch.nan_to_num(sol)
         return sol[:-1].T.contiguous(), sol[-1].contiguous()
 
