@@ -11,26 +11,25 @@ the module-level copies listed below, all through ``monkeypatch`` so that they a
 
 from __future__ import annotations
 
-import importlib
+import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 from hub_server import HubServer
-from huggingface_hub import constants
+from huggingface_hub import constants, hf_api
 from huggingface_hub.utils import _http
 
 TOKEN = "test"
 
 
 def _setattr_if_loaded(monkeypatch: pytest.MonkeyPatch, module: str, name: str, value: object) -> None:
-    """Patch ``module.name`` when that module exists and has the attribute (internal copies of constants)."""
-    try:
-        mod = importlib.import_module(module)
-    except ImportError:
-        return
-    if hasattr(mod, name):
+    """Patch an import-time copy ``module.name`` if that module is already imported (later imports copy the
+    already-patched ``constants``)."""
+    mod = sys.modules.get(module)
+    if mod is not None and hasattr(mod, name):
         monkeypatch.setattr(mod, name, value)
 
 
@@ -75,7 +74,6 @@ def use_hub_endpoint(monkeypatch: pytest.MonkeyPatch, endpoint: str, hf_home: Pa
     for name, value in frozen.items():
         monkeypatch.setattr(constants, name, value, raising=False)
     # Copies taken at import time in other modules.
-    hf_api = importlib.import_module("huggingface_hub.hf_api")
     monkeypatch.setattr(hf_api.api, "endpoint", endpoint)  # module-level `api` behind model_info(), create_repo()...
     monkeypatch.setattr(_http, "_HUB_ORIGINS", _http._HUB_ORIGINS | {_http._url_origin(endpoint)})
     _setattr_if_loaded(monkeypatch, "huggingface_hub.utils._cache_manager", "HF_HUB_CACHE", str(hub_cache))
@@ -86,6 +84,18 @@ def use_hub_endpoint(monkeypatch: pytest.MonkeyPatch, endpoint: str, hf_home: Pa
     empty_registry = {"standardEnvVars": [], "harnesses": {}}
     _setattr_if_loaded(monkeypatch, "huggingface_hub.utils._detect_agent", "_registry", empty_registry)
     _http.close_session()  # drop pooled connections (and proxy settings) of a previous client
+
+
+def block_non_local_connections(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make any TCP connect() to a host other than 127.0.0.1 / ::1 / localhost raise (guards against leaks)."""
+    original = socket.socket.connect
+
+    def connect(sock: socket.socket, address: object) -> None:
+        if isinstance(address, tuple) and address[0] not in ("127.0.0.1", "::1", "localhost"):
+            raise ConnectionRefusedError(f"hub_fixtures: blocked non-local connection to {address!r}")
+        return original(sock, address)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
 
 
 def set_hub_offline(monkeypatch: pytest.MonkeyPatch, offline: bool = True) -> None:
@@ -103,7 +113,11 @@ def hub_server() -> Iterator[HubServer]:
 
 @pytest.fixture
 def hub_endpoint(hub_server: HubServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
-    """Start a ``HubServer``, point huggingface_hub at it with a fresh cache under ``tmp_path``, yield its URL."""
+    """Point huggingface_hub at a running ``HubServer`` with a fresh cache under ``tmp_path``; yield its URL.
+
+    Non-local TCP connections are blocked for the duration of the test.
+    """
     use_hub_endpoint(monkeypatch, hub_server.url, tmp_path / "hf_home")
+    block_non_local_connections(monkeypatch)
     yield hub_server.url
     _http.close_session()

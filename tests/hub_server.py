@@ -3,8 +3,9 @@
 It speaks the subset of the Hub HTTP API that ``huggingface_hub`` 2.x uses to create repos, upload
 (preupload -> LFS batch -> LFS PUT -> ndjson commit) and download (HEAD/GET ``resolve``, ``api/models``,
 ``tree``) files. Files >= ``lfs_threshold`` bytes are uploaded through the LFS path. Xet is never
-advertised (no ``X-Xet-*`` headers, no ``xetHash``); since huggingface_hub >= 1.0 picks Xet by itself
-whenever ``hf_xet`` is installed, clients must set ``HF_HUB_DISABLE_XET=1`` (see ``hub_fixtures.py``).
+advertised (no ``X-Xet-*`` headers, no ``xetHash``), but huggingface_hub 2.x uploads through Xet on its own
+whenever ``hf_xet`` is installed: clients must set ``HF_HUB_DISABLE_XET=1`` (``hub_fixtures.py`` does), else
+the upload fails with a 501 on ``/api/models/<repo>/xet-write-token/<rev>``.
 """
 
 from __future__ import annotations
@@ -156,7 +157,7 @@ class HubServer:
         self._stopping = False
         self._httpd = _Server(("127.0.0.1", self.port), type("Handler", (_Handler,), {"hub": self}))
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="hub-server", daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="hub-server", daemon=True)
         self._thread.start()
         return self.url
 
@@ -267,7 +268,9 @@ class HubServer:
         info |= {"createdAt": r.created, "lastModified": commit.date, "siblings": siblings}
         return _json({**info, "modelId": r.repo_id} if r.repo_type == "model" else info)
 
-    def _r_tree(self, headers: Any, query: dict[str, str], kind: str, repo: str, rev: str, path: str | None, **_: Any):
+    def _r_tree(
+        self, headers: Any, query: dict[str, str], kind: str, repo: str, rev: str, path: str | None, **_: Any
+    ) -> Response:
         """Directory listing (one page, no ``Link`` header); ``recursive=true`` lists the whole subtree."""
         files = self._repo(kind, repo, headers).resolve(rev).files
         recursive = query.get("recursive", "").lower() == "true"
@@ -327,7 +330,9 @@ class HubServer:
             raise HubError(404, f"LFS object {obj['oid']} not found")
         return _json({"success": True})
 
-    def _r_commit(self, headers: Any, body: bytes, query: dict[str, str], kind: str, repo: str, rev: str, **_: Any):
+    def _r_commit(
+        self, headers: Any, body: bytes, query: dict[str, str], kind: str, repo: str, rev: str, **_: Any
+    ) -> Response:
         """Apply an ndjson commit (header/file/lfsFile/deletedFile/deletedFolder); ``create_pr=1`` -> refs/pr/N."""
         _require_auth(headers)
         r = self._repo(kind, repo, headers)

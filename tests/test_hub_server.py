@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import socket
 from pathlib import Path
 
 import pytest
 import timm
 import torch
-from hub_fixtures import hub_endpoint, hub_server, set_hub_offline  # noqa: F401
+from hub_fixtures import hub_endpoint, hub_server, set_hub_offline  # noqa: F401 (fixtures)
 from hub_server import HubServer
 from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
@@ -43,6 +44,7 @@ def test_upload_folder_and_download(api: HfApi, hub_server: HubServer, tmp_path:
 
     lfs_oid = hashlib.sha256(files["weights.bin"]).hexdigest()
     assert ("PUT", f"/__lfs__/{lfs_oid}") in hub_server.requests  # the 2 MiB file took the LFS path
+    assert ("POST", f"/{REPO}.git/info/lfs/objects/verify") in hub_server.requests
     assert not any("xet" in path.lower() for _, path in hub_server.requests)
     stored = hub_server.repos[("model", REPO)].commits[info.oid].files
     assert stored["weights.bin"].lfs and not stored["notes.txt"].lfs and not stored["model.safetensors"].lfs
@@ -70,9 +72,13 @@ def test_missing_entry_and_repo(api: HfApi) -> None:
         hf_hub_download("tester/does-not-exist", "notes.txt")
     with pytest.raises(RepositoryNotFoundError):
         api.model_info("tester/does-not-exist")
+    with pytest.raises(ConnectionRefusedError, match="blocked non-local"):
+        socket.create_connection(("192.0.2.1", 443), timeout=1)  # hub_endpoint only lets 127.0.0.1 through
 
 
-def test_offline_uses_cache(api: HfApi, hub_server: HubServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:  # noqa: F811
+def test_offline_uses_cache(
+    api: HfApi, hub_server: HubServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path  # noqa: F811
+) -> None:
     api.create_repo(REPO)
     api.upload_file(path_or_fileobj=b"cached", path_in_repo="a.txt", repo_id=REPO)
     online_path = hf_hub_download(REPO, "a.txt")
@@ -106,8 +112,10 @@ def test_second_commit_is_visible(api: HfApi) -> None:
 def test_timm_push_and_load(hub_endpoint: str, hub_server: HubServer) -> None:  # noqa: F811
     model = timm.create_model("test_resnet", num_classes=3).eval()
     timm.models.push_to_hf_hub(model, "tester/tiny-timm", safe_serialization=True)
-    assert {"config.json", "model.safetensors", "README.md"} <= set(HfApi().list_repo_files("tester/tiny-timm"))
-    assert hub_server.repos[("model", "tester/tiny-timm")].commits  # pushed to the local server
+    pushed = set(HfApi().list_repo_files("tester/tiny-timm"))
+    assert {"config.json", "model.safetensors", "README.md"} <= pushed and "pytorch_model.bin" not in pushed
+    head = hub_server.repos[("model", "tester/tiny-timm")].resolve("main")
+    assert head.files["model.safetensors"].lfs  # ~1.5 MB of weights went through the LFS upload
     loaded = timm.create_model("hf-hub:tester/tiny-timm", pretrained=True).eval()
     x = torch.randn(2, 3, 160, 160, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
