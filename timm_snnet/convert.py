@@ -1,0 +1,249 @@
+"""`timm-snnet convert --from official-v1`: the authors' released SN-Net v1 checkpoints in this package's layout.
+
+The official files (snnet_deit.pth, snnet_swin.pth, resnet_18_50.pth, resnet18_swin_ti.pth) are pickled training
+checkpoints. They are read with `torch.load(weights_only=True)`: tensors and plain containers, plus two allowances for
+the pickled run configuration, `argparse.Namespace` (DeiT and ResNet `args`) and yacs `CfgNode` (Swin `config`), which
+is rebuilt as a plain OrderedDict: its class is never imported or run. Anything else fails, naming the globals.
+
+The mapping (from the authors' code):
+- anchors: `anchors.{i}.<key>` are timm keys for DeiT and ResNet (split-BN `.aux_bn.` copies are dropped); the
+  authors' Swin is Microsoft's, renamed by timm's own `swin_transformer.checkpoint_filter_fn` (patch merging moves to
+  the next stage's start, `head` becomes `head.fc`, non-persistent index / mask buffers are dropped);
+- stitching layers: `stitch_layers.{pair}.{l}.transform` (DeiT) or `stitch_layers.{stage}.{pair}.{l}.transform`
+  (Swin, ResNet; stage counted among the stitched stages), pair = front anchor, `l` = the authors' layer.
+
+Two differences are kept as compatibility settings in the converted model's model_args (new models never use them):
+v1 DeiT skipped the back anchor's final norm on stitched paths (`stitched_final_norm=False`), and for Swin and ResNet
+the authors gave a stitch the layer at its position in the stage's list (`layer_assignment=[...]`).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import pickle
+import shutil
+import tempfile
+from collections import Counter, OrderedDict
+from pathlib import Path
+from typing import Any, Union
+
+import timm
+import torch
+from safetensors.torch import load_file
+from timm.models.swin_transformer import SwinTransformer
+from timm.models.swin_transformer import checkpoint_filter_fn as swin_filter_fn
+
+from .families import family_for
+from .hub import save_snnet
+from .snnet import SNNet
+
+__all__ = ['OFFICIAL_V1', 'ConversionError', 'load_official', 'official_layers', 'convert_official_v1', 'convert',
+           'add_commands']
+
+PathLike = Union[str, Path]
+
+# compatibility settings of the authors' trained networks, by model (layer_assignment is derived per model)
+OFFICIAL_V1: dict[str, dict[str, Any]] = {
+    'snnet_deit_tsb': dict(stitched_final_norm=False),  # snnet_deit.pth: v1 DeiT skipped the final norm on stitches
+    'snnet_swin_tsb': {},  # snnet_swin.pth
+    'snnet_resnet': {},  # resnet_18_50.pth
+    'snnet_resnet18_swin_ti': {},  # resnet18_swin_ti.pth
+}
+_OURS_ONLY = ('sample_step', 'stitch_table_json')  # buffers of this package, absent from official files
+
+
+class ConversionError(ValueError):
+    """An official checkpoint that cannot be converted exactly (unreadable, unmapped or missing keys)."""
+
+
+class _ConfigAsDict:
+    """Stands in for a pickled config class (yacs CfgNode): its content is rebuilt as a plain OrderedDict."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> OrderedDict:
+        return OrderedDict()
+
+
+SAFE_GLOBALS = [argparse.Namespace, (_ConfigAsDict, 'yacs.config.CfgNode')]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_official(path: PathLike) -> dict[str, torch.Tensor]:
+    """The model state dict (`model` or `state_dict` entry, `module.` stripped) of an official checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConversionError(f'{path}: no such file')
+    if path.suffix == '.safetensors':
+        return load_file(str(path))
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as e:
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+        other = [g for g in unsafe if g not in ('argparse.Namespace', 'yacs.config.CfgNode')]
+        raise ConversionError(
+            f'{path} holds pickled objects that weights_only=True does not build ({", ".join(other) or e}). '
+            f'convert reads tensors, argparse.Namespace and yacs CfgNode only and never unpickles arbitrary code. '
+            f'Only if you trust the file: save its state dict as .safetensors yourself and convert that file.') from e
+    state = ckpt
+    for key in ('model', 'state_dict'):
+        if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
+            state = ckpt[key]
+            break
+    tensors = {k.removeprefix('module.'): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise ConversionError(f'{path} holds no tensors under "model" or "state_dict"')
+    return tensors
+
+
+def _stage_depths(anchor: torch.nn.Module) -> list[int]:
+    counts = Counter(u.stage for u in family_for(anchor).units(anchor))
+    return [counts[s] for s in range(max(counts) + 1)]
+
+
+def official_layers(model: SNNet) -> list[str]:
+    """The authors' key prefix of each stitch's layer, in config order (`model` built without layer_assignment).
+
+    Isotropic models (one stage, DeiT): `stitch_layers.{pair}.{window}`. Hierarchical models (Swin, ResNet):
+    `stitch_layers.{stage}.{pair}.{n * Lf // Lb}`, where n is the stitch's position in its (stage, pair) list and
+    Lf, Lb the stage depths of the front and back anchors: the authors' layer by list position.
+    """
+    depths = [_stage_depths(a) for a in model.anchors]
+    stitches = [c for c in model._configs if not c.is_anchor]
+    stages = sorted({c.stage for c in stitches})
+    position: Counter = Counter()
+    first: dict[int, int] = {}
+    out = []
+    for c in stitches:
+        if len(depths[c.front]) == 1:
+            first.setdefault(c.front, c.layer)
+            out.append(f'stitch_layers.{c.front}.{c.layer - first[c.front]}')
+        else:
+            n = position[(c.stage, c.front)]
+            position[(c.stage, c.front)] += 1
+            lf, lb = depths[c.front][c.stage], depths[c.back][c.stage]
+            out.append(f'stitch_layers.{stages.index(c.stage)}.{c.front}.{n * lf // lb}')
+    return out
+
+
+def _listing(title: str, keys: list[str]) -> str:
+    return f'{len(keys)} {title} ({", ".join(keys[:8])}{", ..." if len(keys) > 8 else ""})'
+
+
+def _map(official: dict[str, torch.Tensor], model: SNNet, layers: dict[int, str]) -> tuple[dict, dict]:
+    """Official tensors under this model's keys, and a report; raises ConversionError unless every key maps."""
+    own = model.state_dict()
+    mapped: dict[str, torch.Tensor] = {}
+    used: set[str] = set()
+    dropped: Counter = Counter()
+    for i, anchor in enumerate(model.anchors):
+        prefix = f'anchors.{i}.'
+        sub = {k[len(prefix):]: v for k, v in official.items() if k.startswith(prefix)}
+        used.update(prefix + k for k in sub)
+        dropped['split-BN .aux_bn. copies'] += sum('.aux_bn.' in k for k in sub)
+        sub = {k: v for k, v in sub.items() if '.aux_bn.' not in k}
+        if isinstance(anchor, SwinTransformer):  # Microsoft Swin keys -> timm
+            dropped['Swin index / mask buffers'] += sum('relative_position_index' in k or 'attn_mask' in k for k in sub)
+            sub = swin_filter_fn(sub, anchor)
+        mapped.update({prefix + k: v for k, v in sub.items()})
+    for layer, src in layers.items():
+        for param in ('weight', 'bias'):
+            key, target = f'{src}.transform.{param}', f'stitch_layers.{layer}.{param}'
+            if key in official:
+                used.add(key)
+                # 1x1 conv (out, in, 1, 1) <-> linear (out, in)
+                mapped[target] = official[key].reshape(own[target].shape) \
+                    if official[key].numel() == own[target].numel() else official[key]
+    unmapped = sorted(set(official) - used) + sorted(k for k in mapped if k not in own)
+    missing = sorted(k for k in own if k not in mapped and k not in _OURS_ONLY)
+    shapes = [f'{k} {tuple(v.shape)} vs {tuple(own[k].shape)}' for k, v in mapped.items()
+              if k in own and v.shape != own[k].shape]
+    if unmapped or missing or shapes:
+        problems = [_listing(t, ks) for t, ks in (('unmapped', unmapped), ('missing', missing),
+                                                   ('with other shapes (file vs model)', shapes)) if ks]
+        raise ConversionError('; '.join(problems))
+    report = dict(tensors=len(mapped), stitching_layers=len(layers), dropped={k: v for k, v in dropped.items() if v})
+    return mapped, report
+
+
+def convert_official_v1(checkpoint: PathLike, model_name: str, **kwargs: Any) -> tuple[SNNet, dict[str, Any]]:
+    """Build `model_name` with the authors' compatibility settings and load an official v1 checkpoint into it."""
+    if model_name not in OFFICIAL_V1:
+        raise ConversionError(f'no official v1 layout for {model_name!r}; known: {", ".join(OFFICIAL_V1)}')
+    fixed = sorted({'layer_assignment', 'stitched_final_norm', 'pretrained', 'pretrained_anchors'} & set(kwargs))
+    if fixed:
+        raise ConversionError(f'{", ".join(fixed)} are set by the converter, do not pass them')
+    official = load_official(checkpoint)
+    base = timm.create_model(model_name, device='meta', **kwargs)  # default assignment: structure only
+    prefixes = official_layers(base)
+    ids = {p: i for i, p in enumerate(dict.fromkeys(prefixes))}
+    assignment = [ids[p] for p in prefixes]
+    compat = dict(OFFICIAL_V1[model_name])
+    if assignment != [c.layer for c in base._configs if not c.is_anchor]:
+        compat['layer_assignment'] = assignment
+    model = timm.create_model(model_name, **kwargs, **compat)
+    try:
+        mapped, report = _map(official, model, {i: p for p, i in ids.items()})
+    except ConversionError as e:
+        raise ConversionError(f'{checkpoint} does not convert exactly to {model_name}: {e}. Check --model (the '
+                              f'official file for it) and --model-kwargs') from e
+    model.load_state_dict({**model.state_dict(), **mapped}, strict=True)
+    report.update(compat=compat)
+    return model.eval(), report
+
+
+def convert(checkpoint: PathLike, model_name: str, output: PathLike, **kwargs: Any) -> tuple[Path, dict[str, Any]]:
+    """Convert and write `output` (config.json + model.safetensors), all or nothing: for `push` and `local-dir:`."""
+    output = Path(output)
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise ConversionError(f'{output} exists and is not an empty folder: pick a new --output')
+    model, report = convert_official_v1(checkpoint, model_name, **kwargs)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{output.name}.', dir=output.parent))
+    try:
+        source = dict(format='official-v1', file=Path(checkpoint).name, sha256=_sha256(Path(checkpoint)))
+        save_snnet(model, tmp, readme=False, source=source)
+        if output.exists():
+            output.rmdir()
+        tmp.rename(output)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return output, report
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    try:
+        out, report = convert(args.checkpoint, args.model, args.output, **args.model_kwargs)
+    except ConversionError as e:
+        raise SystemExit(f'timm-snnet convert: {e}') from e
+    dropped = ', '.join(f'{n} {what}' for what, n in report['dropped'].items()) or 'nothing'
+    compat = ', '.join(f'{k}={v}' for k, v in report['compat'].items()) or 'none'
+    print(f'converted {args.checkpoint}: {report["tensors"]} tensors mapped ({report["stitching_layers"]} stitching '
+          f'layers), dropped {dropped}, 0 unmapped, 0 missing\ncompatibility settings: {compat}\nwrote {out}: load '
+          f"it with timm.create_model('local-dir:{out}', pretrained=True) or publish it with "
+          f'`timm-snnet push --model {args.model} --checkpoint {out} --repo-id ORG/NAME`')
+    return 0
+
+
+def add_commands(subparsers) -> None:
+    from timm.utils import ParseKwargs
+
+    p = subparsers.add_parser(
+        'convert', help="convert the authors' SN-Net v1 checkpoints into a folder for `push` and local-dir:",
+        description="Map an official SN-Net v1 release (snnet_deit.pth -> snnet_deit_tsb, snnet_swin.pth -> "
+                    "snnet_swin_tsb, resnet_18_50.pth -> snnet_resnet, resnet18_swin_ti.pth -> "
+                    "snnet_resnet18_swin_ti) into this package's layout, with the compatibility settings that "
+                    "reproduce the authors' networks. Fails if any key is left unmapped or missing.")
+    p.add_argument('checkpoint', help='official .pth (read with weights_only=True) or its state dict as .safetensors')
+    p.add_argument('--from', dest='source_format', required=True, choices=('official-v1',), help='checkpoint layout')
+    p.add_argument('--model', required=True, choices=sorted(OFFICIAL_V1))
+    p.add_argument('--output', required=True, help='new folder: config.json + model.safetensors')
+    p.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='KEY=VALUE',
+                   help='create_model kwargs (e.g. smaller anchors for tests); compatibility settings are automatic')
+    p.set_defaults(func=_cmd_convert)
