@@ -16,6 +16,21 @@ TINY = {
         img_size=32,
         anchor_kwargs=[dict(patch_size=8, embed_dim=e, depth=4, num_heads=2) for e in (16, 32, 48)],
     ), (3, 32, 32)),
+    # real depths (Swin-S/B stage 2 shortened to 4 blocks), 8-16 channels, 4x4 windows
+    'snnet_swin_tsb': (dict(
+        img_size=64,
+        anchor_kwargs=[dict(embed_dim=e, depths=d, num_heads=h, window_size=4) for e, d, h in (
+            (8, (2, 2, 2, 2), (1, 1, 2, 2)), (8, (2, 2, 4, 2), (1, 1, 2, 2)), (16, (2, 2, 4, 2), (1, 2, 2, 4)))],
+    ), (3, 64, 64)),
+    # ResNet-18/50 depths at 1/8 width
+    'snnet_resnet': (dict(
+        anchor_kwargs=[dict(channels=(8, 16, 32, 64), stem_width=8)] * 2,
+    ), (3, 64, 64)),
+    'snnet_resnet18_swin_ti': (dict(
+        img_size=64,  # reaches the Swin anchor only (ResNets take any size)
+        anchor_kwargs=[dict(channels=(8, 16, 32, 64), stem_width=8),
+                       dict(embed_dim=8, num_heads=(1, 1, 2, 2), window_size=4)],
+    ), (3, 64, 64)),
 }
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 from typing import Any
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._input import update_model_args
+from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, register_model
 
+from .hub import checkpoint_filter_fn, pretrained_errors, pretrained_kwargs, record_model_args
 from .snnet import SNNet
 
 HF_HUB_ORG = 'timm-snnet'  # the one Hugging Face organisation that holds every SN-Net repo
@@ -17,9 +17,11 @@ __all__ = ['HF_HUB_ORG', 'SNNet']
 def _create_snnet(variant: str, pretrained: bool = False, **kwargs: Any) -> SNNet:
     if kwargs.get('features_only'):
         raise RuntimeError(f'features_only is not supported for {variant}: a stitch changes the feature pyramid')
-    model = build_model_with_cfg(SNNet, variant, pretrained, **kwargs)
-    if kwargs.get('stitch_id') is not None:
-        update_model_args(model, stitch_id=model.stitch_id)
+    if pretrained:  # SN-Net weights (anchors included), built with the model_args saved beside them
+        kwargs = pretrained_kwargs(variant, kwargs)
+    with pretrained_errors(variant, kwargs, pretrained):  # SNNetLoadError naming the repo / file, no model returned
+        model = build_model_with_cfg(SNNet, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
+    record_model_args(model, kwargs)  # complete, JSON-serialisable model_args for save_for_hf / hf-hub:
     return model
 
 
@@ -36,7 +38,7 @@ def _cfg(anchors: tuple[str, ...], first_conv: str, classifier: str, **kwargs: A
         'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None, 'crop_pct': 0.875,
         'interpolation': 'bicubic', 'fixed_input_size': True,
         'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': first, 'classifier': head, 'license': 'apache-2.0',
+        'first_conv': first, 'classifier': head, 'license': 'apache-2.0', 'hf_hub_filename': 'model.safetensors',
         'paper_ids': 'arXiv:2302.06586', 'paper_name': 'Stitchable Neural Networks',
         **kwargs,
     }
@@ -46,7 +48,7 @@ DEIT_TSB = ('deit_tiny_patch16_224', 'deit_small_patch16_224', 'deit_base_patch1
 
 default_cfgs = generate_default_cfgs({
     # DeiT eval transform (resize 256, crop 224), as SN-Net was evaluated
-    'snnet_deit_tsb.in1k': _cfg(DEIT_TSB, 'patch_embed.proj', 'head', hf_hub_id=f'{HF_HUB_ORG}/'),
+    'snnet_deit_tsb.in1k': _cfg(DEIT_TSB, 'patch_embed.proj', 'head', hf_hub_id=f'{HF_HUB_ORG}/snnet_deit_tsb.in1k'),
 })
 
 
@@ -60,3 +62,65 @@ def snnet_deit_tsb(pretrained: bool = False, **kwargs: Any) -> SNNet:
     """SN-Net over DeiT-Ti/S/B (71 configs: 3 anchors + 2 x 34 stitches, window 2 stride 1)."""
     args = _model_args(dict(anchors=DEIT_TSB, names=('Ti', 'S', 'B'), rule='window'), kwargs)
     return _create_snnet('snnet_deit_tsb', pretrained, **args)
+
+
+# --- hierarchical families: Swin, ResNet, ResNet -> Swin ------------------------------------------------------------
+# The paper's Swin anchors are the ImageNet-22k pretrained, 1k fine-tuned weights (what untagged Swin-S/B load in
+# timm; untagged Swin-T loads its 1k weights, so every tag is explicit). The ResNet and ResNet -> Swin anchors are
+# what the authors' timm (0.6) loaded untagged: torchvision ResNet-18, RSB A1 ResNet-50, Swin-T 1k.
+SWIN_TSB = tuple(f'swin_{s}_patch4_window7_224.ms_in22k_ft_in1k' for s in ('tiny', 'small', 'base'))
+RESNET_18_50 = ('resnet18.tv_in1k', 'resnet50.a1_in1k')
+RESNET18_SWIN_TI = ('resnet18.tv_in1k', 'swin_tiny_patch4_window7_224.ms_in1k')
+
+
+def _anchor_layers(cfgs: list[dict[str, Any]]) -> dict[str, tuple[str, ...]]:
+    """first_conv and classifier of each anchor (by its own timm cfg), as tuples."""
+    return {key: tuple(f'anchors.{i}.{c[key]}' for i, c in enumerate(cfgs)) for key in ('first_conv', 'classifier')}
+
+
+def _anchors_cfg(anchors: tuple[str, ...], **kwargs: Any) -> dict[str, Any]:
+    """A cfg with the anchors' layer names and eval transform (the largest anchor's crop and interpolation)."""
+    cfgs = [get_pretrained_cfg(a) for a in anchors]
+    if len({(c.mean, c.std) for c in cfgs}) > 1:
+        raise ValueError(f'anchors {anchors} normalise inputs differently; they cannot share one input')
+    last = cfgs[-1]
+    return {**_cfg(anchors, last.first_conv, last.classifier, mean=last.mean, std=last.std, crop_pct=last.crop_pct,
+                   interpolation=last.interpolation, fixed_input_size=any(c.fixed_input_size for c in cfgs),
+                   notes=('anchors: ' + ', '.join(anchors),), **kwargs),
+            **_anchor_layers([c.to_dict() for c in cfgs])}
+
+
+default_cfgs.update(generate_default_cfgs({
+    'snnet_swin_tsb.in22k_ft_in1k': _anchors_cfg(SWIN_TSB, hf_hub_id=f'{HF_HUB_ORG}/snnet_swin_tsb.in22k_ft_in1k'),
+    'snnet_resnet.in1k': _anchors_cfg(RESNET_18_50, hf_hub_id=f'{HF_HUB_ORG}/snnet_resnet.in1k'),
+    'snnet_resnet18_swin_ti.in1k': _anchors_cfg(
+        RESNET18_SWIN_TI, hf_hub_id=f'{HF_HUB_ORG}/snnet_resnet18_swin_ti.in1k'),
+}))
+
+
+def _create_from_anchors(variant: str, pretrained: bool, defaults: dict[str, Any], kwargs: dict[str, Any]) -> SNNet:
+    """Build, then name the layers of the anchors actually built (a custom `anchors=` list included)."""
+    model = _create_snnet(variant, pretrained, **_model_args(defaults, kwargs))
+    model.pretrained_cfg.update(_anchor_layers([m.pretrained_cfg for m in model.anchors]))
+    return model
+
+
+@register_model
+def snnet_swin_tsb(pretrained: bool = False, **kwargs: Any) -> SNNet:
+    """SN-Net over Swin-Ti/S/B (41 configs: 3 anchors + 38 stitches inside stages 0, 1, 2)."""
+    defaults = dict(anchors=SWIN_TSB, names=('Ti', 'S', 'B'), rule='stage', stages=(0, 1, 2))
+    return _create_from_anchors('snnet_swin_tsb', pretrained, defaults, kwargs)
+
+
+@register_model
+def snnet_resnet(pretrained: bool = False, **kwargs: Any) -> SNNet:
+    """SN-Net over ResNets, smallest first (default ResNet-18/50: 10 configs, stitches in stages 1 and 2)."""
+    defaults = dict(anchors=RESNET_18_50, rule='stage', stages=(1, 2))
+    return _create_from_anchors('snnet_resnet', pretrained, defaults, kwargs)
+
+
+@register_model
+def snnet_resnet18_swin_ti(pretrained: bool = False, **kwargs: Any) -> SNNet:
+    """SN-Net from ResNet-18 to Swin-Ti (8 configs: ResNet stages 1, 2 onto the Swin stages at the same resolution)."""
+    defaults = dict(anchors=RESNET18_SWIN_TI, names=('R18', 'Ti'), rule='stage', stages=(1, 2))
+    return _create_from_anchors('snnet_resnet18_swin_ti', pretrained, defaults, kwargs)

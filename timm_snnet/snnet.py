@@ -7,6 +7,7 @@ from __future__ import annotations
 import bisect
 import json
 import operator
+from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
 import timm
@@ -66,6 +67,17 @@ def _image_batches(data: Union[torch.Tensor, Iterable], num_images: int, chunk: 
             return
 
 
+@contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[None]:
+    """Eval mode inside the block, the previous mode after."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
 class SNNet(nn.Module):
     """Stitchable Neural Network over a family of timm anchors (smallest first).
 
@@ -83,7 +95,8 @@ class SNNet(nn.Module):
         stitched_final_norm: stitched paths end with the back anchor's final norm (False reproduces SN-Net v1 DeiT).
         stitch_table: measured results per config (rows of a sweep), carried in checkpoints for `select_stitch`.
         pretrained_anchors: load each anchor's own timm pretrained weights.
-        num_classes, in_chans, drop_rate, drop_path_rate, global_pool, img_size: passed to every anchor.
+        num_classes, in_chans, drop_rate, drop_path_rate, global_pool: passed to every anchor.
+        img_size: passed to the anchors with a fixed input size (timm's rule for `img_size`).
     """
 
     def __init__(
@@ -207,6 +220,11 @@ class SNNet(nn.Module):
         back = self.anchors[self._configs[self._stitch_id].back]
         return getattr(back, 'head_hidden_size', back.num_features)
 
+    @property
+    def feature_dim(self) -> int:
+        """Channel axis of `forward_features` (timm's attribute): 1 for NCHW maps, -1 for tokens and NHWC maps."""
+        return 1 if self._families[self._configs[self._stitch_id].back].layout == 'nchw' else -1
+
     # --- stitch selection ------------------------------------------------------------------------------------------
     def _check_id(self, stitch_id: Any) -> int:
         valid = f'valid ids are integers 0..{len(self._configs) - 1}'
@@ -290,8 +308,9 @@ class SNNet(nn.Module):
             costs = [anchor_costs(m, f, input_size) for m, f in zip(self.anchors, self._families)]
             param = next(self.parameters())
             x = torch.zeros(1, *input_size, device=param.device, dtype=param.dtype)
-            rows = [{u: to_rows(a, self._families[i].layout).shape[0] for u, a in self._activations(i, x).items()}
-                    for i in range(len(self.anchors))]
+            with _eval_mode(self), torch.no_grad():  # BatchNorm must not learn the zero image's statistics
+                rows = [{u: to_rows(a, self._families[i].layout).shape[0] for u, a in self._activations(i, x).items()}
+                        for i in range(len(self.anchors))]
             layer_costs = []
             for layer_id, layer in enumerate(self.stitch_layers):
                 c = next(c for c in self._configs if c.layer == layer_id)

@@ -64,7 +64,7 @@ def family_for(model: nn.Module) -> Family:
 
 
 def _import_families() -> None:
-    from . import vit  # noqa: F401
+    from . import resnet, swin, vit  # noqa: F401
 
 
 _import_families()
