@@ -18,7 +18,6 @@ For MODEL, in WORKDIR/MODEL (default hub/build/MODEL):
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import sys
@@ -32,6 +31,7 @@ from timm.utils import ParseKwargs
 import timm_snnet  # noqa: F401  (registers the snnet_* models)
 from timm_snnet.convert import convert
 from timm_snnet.hub import push_snnet, save_snnet
+from timm_snnet.utils import file_sha256
 
 HUB_DIR = Path(__file__).resolve().parent
 RELEASE = 'https://github.com/ziplab/SN-Net/releases/download'
@@ -45,13 +45,6 @@ RELEASES = {
 REFERENCE_DIR = HUB_DIR.parent.parent / 'shared' / 'reference'
 RESULTS = 'ImageNet-1k val, top-1/top-5 as published by the authors (SN-Net v1, Pan, Cai and Zhuang, CVPR 2023)'
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def download(model: str, workdir: Path) -> Path:
@@ -103,7 +96,7 @@ def publish(
     print(f'converted {checkpoint.name}: {report["tensors"]} tensors, compatibility {report["compat"] or "none"}')
     model = timm.create_model(f'local-dir:{converted}', pretrained=True)
     sweep = dict(model=model_name, model_kwargs=model_kwargs or {},
-                 checkpoint=dict(path=checkpoint.name, sha256=_sha256(checkpoint), url=RELEASES[model_name][0]),
+                 checkpoint=dict(path=checkpoint.name, sha256=file_sha256(checkpoint), url=RELEASES[model_name][0]),
                  data=dict(results=RESULTS, reference=RELEASES[model_name][1]), transforms=None, device=None,
                  batch_size=None, anchors=[c.id for c in model.stitch_configs() if c.is_anchor],
                  rows=official_rows(model, reference_dir / RELEASES[model_name][1]))

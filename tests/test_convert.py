@@ -30,13 +30,6 @@ MODELS = {  # name -> (tiny kwargs with the authors' depths, input size)
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run best on one thread: with shared cores, two OpenMP threads make small ops up to 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # --- the authors' config tables (from their code): (stage, front anchor, j, k, layer) per stitch, in id order -------

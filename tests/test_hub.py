@@ -25,13 +25,6 @@ ARCH_ARGS = {'anchors', 'anchor_kwargs', 'names', 'rule', 'stages', 'kernel_size
              'stitched_final_norm', 'stitch_id', 'stitch_table'}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run best on one thread: with shared cores, two OpenMP threads make small ops up to 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _trained(name: str, **kwargs) -> torch.nn.Module:

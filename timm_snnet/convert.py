@@ -19,7 +19,6 @@ the authors gave a stitch the layer at its position in the stage's list (`layer_
 from __future__ import annotations
 
 import argparse
-import hashlib
 import pickle
 import shutil
 import tempfile
@@ -36,6 +35,7 @@ from timm.models.swin_transformer import checkpoint_filter_fn as swin_filter_fn
 from .families import family_for
 from .hub import save_snnet
 from .snnet import SNNet
+from .utils import file_sha256
 
 __all__ = ['OFFICIAL_V1', 'ConversionError', 'load_official', 'official_layers', 'convert_official_v1', 'convert',
            'add_commands']
@@ -65,13 +65,6 @@ class _ConfigAsDict:
 
 SAFE_GLOBALS = [argparse.Namespace, (_ConfigAsDict, 'yacs.config.CfgNode')]
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_official(path: PathLike) -> dict[str, torch.Tensor]:
@@ -207,7 +200,7 @@ def convert(checkpoint: PathLike, model_name: str, output: PathLike, **kwargs: A
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f'.{output.name}.', dir=output.parent))
     try:
-        source = dict(format='official-v1', file=Path(checkpoint).name, sha256=_sha256(Path(checkpoint)))
+        source = dict(format='official-v1', file=Path(checkpoint).name, sha256=file_sha256(Path(checkpoint)))
         save_snnet(model, tmp, readme=False, source=source)
         if output.exists():
             output.rmdir()

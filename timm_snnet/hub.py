@@ -14,7 +14,6 @@ it in one commit that also deletes any pickled weights left in the repo.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import inspect
 import json
 import logging
@@ -47,6 +46,7 @@ from timm.models._hub import hf_split, load_model_config_from_path
 from timm.models._input import update_model_args
 
 from .snnet import SNNet
+from .utils import file_sha256
 
 __all__ = [
     'SNNetLoadError', 'load_snnet', 'save_snnet', 'push_snnet', 'model_card', 'checkpoint_filter_fn',
@@ -547,13 +547,6 @@ def push_snnet(
 
 
 # --- command line ------------------------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def model_from_checkpoint(
         model_name: str,
@@ -584,7 +577,7 @@ def _cmd_push(args: argparse.Namespace) -> int:
         from .sweep import load_sweep
 
         measured = (load_sweep(args.sweep).get('checkpoint') or {}).get('sha256')
-        if measured and measured != _sha256(Path(args.checkpoint)):
+        if measured and measured != file_sha256(Path(args.checkpoint)):
             print(f'warning: {args.sweep} was measured on another checkpoint (sha256 {measured[:12]}...)')
     if args.dry_run:
         folder = save_snnet(model, args.save_dir, sweep=args.sweep, card=args.card, repo_id=args.repo_id)

@@ -543,14 +543,14 @@ class SNNet(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        """Each anchor's own groups under `anchors.N.`; stitching layers join the last (head) group."""
+        """Each anchor's own groups under `anchors.N.`. Stitching layers match no group: like the heads, they land in
+        the last one, so timm's layer decay gives them the full learning rate."""
         groups: dict[str, list] = {}
         for i, model in enumerate(self.anchors):
             for key, rules in model.group_matcher(coarse=coarse).items():
                 if isinstance(rules, str):
                     rules = [(rules, None)]
                 groups.setdefault(key, []).extend((_prefixed(i, pattern), suffix) for pattern, suffix in rules)
-        groups.setdefault('blocks', []).append((r'^stitch_layers\.', (99999,)))
         return groups
 
 

@@ -46,6 +46,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .selection import LATENCY_KEYS, pareto_front, parse_stitches, select_stitch
+from .utils import file_sha256
 
 __all__ = [
     'ROW_KEYS', 'init_checkpoint', 'load_model', 'sweep', 'load_sweep', 'plot_sweep', 'read_reference',
@@ -171,13 +172,6 @@ def _device(name: Optional[str]) -> torch.device:
         raise SystemExit(f'--device {name} asked for CUDA, but torch sees no GPU; use --device cpu')
     return device
 
-
-def _sha256(path: PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _jsonable(value: Any) -> Any:
@@ -364,7 +358,7 @@ def sweep(
     configs = model.stitch_configs(data_config['input_size'])
     header = dict(
         model=model_name, model_kwargs=_jsonable(model_kwargs or {}),
-        checkpoint=dict(path=str(Path(checkpoint).resolve()), sha256=_sha256(checkpoint), use_ema=use_ema),
+        checkpoint=dict(path=str(Path(checkpoint).resolve()), sha256=file_sha256(checkpoint), use_ema=use_ema),
         data=data,
         transforms={**_jsonable(data_config), 'eval': ' '.join(str(dataset.transform).split())},
         device=str(dev), device_name=_device_name(dev), batch_size=batch_size,
