@@ -13,8 +13,6 @@ from timm_snnet.configs import enumerate_configs
 
 REFERENCE = Path(__file__).resolve().parents[2] / 'shared' / 'reference'
 
-pytestmark = pytest.mark.usefixtures('all_threads')  # full-size models
-
 
 def _reference(name: str) -> list[dict]:
     path = REFERENCE / f'{name}.official.jsonl'

@@ -66,7 +66,7 @@ def test_pipeline_smoke(tmp_path):
     threads = torch.get_num_threads()
     try:
         rc = reproduce.main(['--quick', '--seed', '1', '--output', str(out), '--train-subset', '256',
-                             '--test-subset', '64', '--variant-test-subset', '32', '--variants', 'uniform',
+                             '--test-subset', '64', '--variant-test-subset', '32', '--variants', 'uniform,anchor_boost',
                              '--batch-size', '64', '--latency-iters', '1'])
     finally:
         torch.set_num_threads(threads)  # main() sets the process-wide thread count
@@ -75,6 +75,7 @@ def test_pipeline_smoke(tmp_path):
     assert [r['id'] for r in sweep['rows']] == list(range(71))
     assert all(0 <= r['top1'] <= 100 for r in sweep['rows'])
     results = json.loads((out / 'results.json').read_text())
-    assert len(results['standalone']) == 3 and 'uniform' in results['variants']
-    assert (out / 'pareto.png').stat().st_size > 0 and (out / 'snnet.safetensors').is_file()
+    assert len(results['standalone']) == 3 and set(results['variants']) == {'uniform', 'anchor_boost'}
+    assert (out / 'pareto.png').stat().st_size > 0 and (out / 'pareto_anchor_boost.png').stat().st_size > 0
+    assert (out / 'snnet.safetensors').is_file()
     assert '## Anchors: standalone vs inside the SN-Net' in (out / 'report.md').read_text()

@@ -15,8 +15,6 @@ TIMM_TESTS = Path(os.environ.get('TIMM_TESTS_DIR', Path(__file__).resolve().pare
 GENERIC = ('test_model_forward', 'test_model_backward', 'test_model_default_cfgs_non_std',
            'test_model_forward_fx', 'test_model_backward_fx')
 
-pytestmark = pytest.mark.usefixtures('all_threads')  # full-size models
-
 
 def _load_timm_tests():
     path = TIMM_TESTS / 'test_models.py'

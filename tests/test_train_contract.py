@@ -254,7 +254,8 @@ def test_validate_one_stitch_from_checkpoint(trained):
 
 
 def test_layer_decay_groups_through_group_matcher(trained):
-    """--layer-decay: each parameter in one group; stems lowest, stitching layers with the last blocks, heads 1."""
+    """--layer-decay: each parameter in one group; stems lowest, block i of every anchor at layer i, stitching layers
+    and heads at the full learning rate."""
     model = tiny(NAME, num_classes=CLASSES)
     opt = create_optimizer_v2(model, **optimizer_kwargs(cfg=trained['args']))
     names = {id(p): n for n, p in model.named_parameters()}
@@ -266,8 +267,7 @@ def test_layer_decay_groups_through_group_matcher(trained):
     stitching = {v for k, v in scale.items() if k.startswith('stitch_layers.')}
     heads = {v for k, v in scale.items() if '.head.' in k}
     assert len(stem) == 1 and max(stem) < min(blocks)
-    assert stitching == {max(blocks)}
-    assert heads == {1.0}
+    assert heads == stitching == {1.0}
     depth = TINY[NAME][0]['anchor_kwargs'][0]['depth']
     assert len(blocks) == depth, 'block i of every anchor shares layer i'
 
