@@ -348,3 +348,14 @@ def test_pareto_front_and_stitch_ranges() -> None:
     for bad in ('3-1', 'a', '1-', '', '0-9'):
         with pytest.raises(ValueError, match='valid ids are 0..8'):
             parse_stitches(bad, 9)
+
+
+def test_init_and_sweep_grayscale_model(tmp_path: Path) -> None:
+    """A 1-channel model reads its images as grayscale, as validate.py does."""
+    kwargs = KWARGS + ['in_chans=1']
+    data = make_image_folder(tmp_path / 'data', classes=CLASSES, train=2, val=2, size=32)
+    init = tmp_path / 'init.safetensors'
+    assert main(['init', '--model', NAME, '--data-dir', str(data), '--num-images', '4', '--num-classes',
+                 str(CLASSES), '--output', str(init), '--workers', '0', '--device', 'cpu', '--model-kwargs', *kwargs]) == 0
+    assert main(_sweep_args(init, data, tmp_path / 'out', '--stitches', '0,5', kwargs=kwargs)) == 0
+    assert [r['id'] for r in _rows(tmp_path / 'out' / 'sweep.json')] == [0, 5]

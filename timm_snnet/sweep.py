@@ -112,15 +112,16 @@ def load_model(
 
 
 def _data_config(model: torch.nn.Module) -> dict[str, Any]:
-    """validate.py's data config, at the model's real input size (an `img_size` kwarg is not in its pretrained_cfg)."""
-    from timm.data import resolve_data_config
-    from timm.models._input import get_model_input_config
+    """validate.py's data config: the model's real input size and channels (mean/std adapted to 1 channel)."""
+    from timm.data.model_config import resolve_input_data_config
 
-    return resolve_data_config({'input_size': tuple(get_model_input_config(model)['input_size'])}, model=model)
+    return resolve_input_data_config(model)
 
 
-def _dataset(data_dir: PathLike, split: str):
-    """timm's folder dataset for `split` (DIR/train, DIR/val or DIR itself), with a clear error when empty."""
+def _dataset(data_dir: PathLike, split: str, in_chans: int = 3):
+    """timm's folder dataset for `split` (DIR/train, DIR/val or DIR itself), with a clear error when empty.
+
+    Images are read as grayscale for 1-channel models, as validate.py does."""
     from timm.data import create_dataset
 
     root = Path(data_dir)
@@ -128,7 +129,8 @@ def _dataset(data_dir: PathLike, split: str):
         raise SystemExit(f'data dir not found: {data_dir} (expected an ImageFolder: DIR/train/<class>/<image> and '
                          f'DIR/val/<class>/<image>)')
     try:
-        return create_dataset('', root=str(root), split=split, is_training=False)
+        return create_dataset('', root=str(root), split=split, is_training=False,
+                              input_img_mode='L' if in_chans == 1 else 'RGB')
     except (RuntimeError, FileNotFoundError) as e:
         raise SystemExit(f'no images for split {split!r} under {data_dir}: {e}\nExpected an ImageFolder: '
                          f'DIR/train/<class>/<image> and DIR/val/<class>/<image> (or DIR/<class>/<image>).') from e
@@ -206,7 +208,7 @@ def init_checkpoint(
         raise SystemExit(f'--output must end with .safetensors (timm picks the loader by extension), got {output}')
     if num_images < 1:
         raise SystemExit(f'--num-images must be >= 1, got {num_images}')
-    dataset = _dataset(data_dir, split)
+    dataset = _dataset(data_dir, split, (model_kwargs or {}).get('in_chans', 3))
     extra = {'pretrained_anchors': True} if pretrained_anchors else {}
     model = _create(model_name, model_kwargs, num_classes, **extra)
     dev = _device(device)
@@ -342,7 +344,7 @@ def sweep(
     """
     if batch_size < 1:
         raise SystemExit(f'--batch-size must be >= 1, got {batch_size}')
-    dataset = _dataset(data_dir, split)  # fail on bad data before hashing a large checkpoint
+    dataset = _dataset(data_dir, split, (model_kwargs or {}).get('in_chans', 3))  # fail before hashing a checkpoint
     model = load_model(model_name, checkpoint, model_kwargs, num_classes, use_ema)
     try:
         selected = parse_stitches(stitches, model.num_configs)
