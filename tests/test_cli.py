@@ -356,6 +356,7 @@ def test_init_and_sweep_grayscale_model(tmp_path: Path) -> None:
     data = make_image_folder(tmp_path / 'data', classes=CLASSES, train=2, val=2, size=32)
     init = tmp_path / 'init.safetensors'
     assert main(['init', '--model', NAME, '--data-dir', str(data), '--num-images', '4', '--num-classes',
-                 str(CLASSES), '--output', str(init), '--workers', '0', '--device', 'cpu', '--model-kwargs', *kwargs]) == 0
+                 str(CLASSES), '--output', str(init), '--workers', '0', '--device', 'cpu',
+                 '--model-kwargs', *kwargs]) == 0
     assert main(_sweep_args(init, data, tmp_path / 'out', '--stitches', '0,5', kwargs=kwargs)) == 0
     assert [r['id'] for r in _rows(tmp_path / 'out' / 'sweep.json')] == [0, 5]
