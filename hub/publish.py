@@ -11,7 +11,7 @@ For MODEL, in WORKDIR/MODEL (default hub/build/MODEL):
 1. download the authors' release (RELEASES) as the official .pth, unless --checkpoint names a local copy;
 2. convert it (`timm_snnet.convert`, weights_only=True) into converted/ with the compatibility settings;
 3. write sweep.json: every config's path, GFLOPs and params (this package's counts) with the authors' published
-   top-1 / top-5 from REFERENCE_DIR (default ../shared/reference beside the repo);
+   top-1 / top-5 from REFERENCE_DIR (default hub/reference);
 4. push converted/ to the repo of the model's default pretrained tag (its hf_hub_id in default_cfgs), with the
    model card inputs hub/cards/MODEL.md, the per-stitch table and the Pareto plot.
 """
@@ -42,7 +42,7 @@ RELEASES = {
     'snnet_resnet': (f'{RELEASE}/v1.1/resnet_18_50.pth', 'snnet_resnet_18_50.official.jsonl'),
     'snnet_resnet18_swin_ti': (f'{RELEASE}/v1.1/resnet18_swin_ti.pth', 'snnet_resnet18_swin_ti.official.jsonl'),
 }
-REFERENCE_DIR = HUB_DIR.parent.parent / 'shared' / 'reference'
+REFERENCE_DIR = HUB_DIR / 'reference'
 RESULTS = 'ImageNet-1k val, top-1/top-5 as published by the authors (SN-Net v1, Pan, Cai and Zhuang, CVPR 2023)'
 
 

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from timm_snnet.configs import enumerate_configs
 
-REFERENCE = Path(__file__).resolve().parents[2] / 'shared' / 'reference'
+REFERENCE = Path(__file__).resolve().parents[1] / 'hub' / 'reference'  # the authors' published per-config results
 
 
 def _reference(name: str) -> list[dict]:

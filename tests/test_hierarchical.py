@@ -26,7 +26,7 @@ from timm_snnet.configs import assign_layers, enumerate_configs
 from timm_snnet.flops import sdpa_flop_jit
 from timm_snnet.stitching import ConvStitch, LinearStitch
 
-REFERENCE = Path(__file__).resolve().parents[2] / 'shared' / 'reference'
+REFERENCE = Path(__file__).resolve().parents[1] / 'hub' / 'reference'  # the authors' published per-config results
 OFFICIAL = {
     'snnet_swin_tsb': 'snnet_swin_tsb',
     'snnet_resnet': 'snnet_resnet_18_50',

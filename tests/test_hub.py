@@ -245,7 +245,7 @@ def test_push_dry_run_uploads_nothing(hub_endpoint: str, hub_server: HubServer, 
 
 
 # --- hub/publish.py: everything up to the upload, then the upload to the local server -------------------------------
-REFERENCE = Path(__file__).resolve().parents[2] / 'shared' / 'reference'
+REFERENCE = Path(__file__).resolve().parents[1] / 'hub' / 'reference'  # the authors' published per-config results
 RECIPES = {  # tiny anchors with the authors' depths, so that the configs are those of the published results
     'snnet_deit_tsb': (dict(img_size=32, anchor_kwargs=[dict(patch_size=8, embed_dim=e, depth=12, num_heads=2)
                                                         for e in (16, 32, 48)]), _deit_table(12)),
