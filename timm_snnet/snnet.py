@@ -453,23 +453,15 @@ class SNNet(nn.Module):
             keep.setdefault(b, set()).add(bu)
         ls, seen = LeastSquares(), 0
         param = next(self.parameters())
-        was_training = self.training
-        self.eval()
-        try:
-            bar = tqdm(total=num_images, desc='LS init', unit='img', disable=not progress)
+        with _eval_mode(self), tqdm(total=num_images, desc='LS init', unit='img', disable=not progress) as bar:
             for images in _image_batches(data, num_images, batch_size):
                 images = images.to(device=param.device, dtype=param.dtype)
                 acts = {a: self._activations(a, images, cuts) for a, cuts in keep.items()}
-                grams = set()
-                for _, (f, fu), (b, bu) in pairs:
-                    ls.add((f, fu), (b, bu), to_rows(acts[f][fu], self._families[f].layout),
-                           to_rows(acts[b][bu], self._families[b].layout), add_gram=(f, fu) not in grams)
-                    grams.add((f, fu))
+                xs = {fc: to_rows(acts[fc[0]][fc[1]], self._families[fc[0]].layout) for _, fc, _ in pairs}
+                ys = {bc: to_rows(acts[bc[0]][bc[1]], self._families[bc[0]].layout) for _, _, bc in pairs}
+                ls.add(xs, ys, [(fc, bc) for _, fc, bc in pairs])
                 seen += len(images)
                 bar.update(len(images))
-            bar.close()
-        finally:
-            self.train(was_training)
         if not seen:
             raise ValueError('init_stitching_layers got no images: pass a (B, C, H, W) tensor or batches of them')
         for layer_id, layer in enumerate(self.stitch_layers):
@@ -480,12 +472,8 @@ class SNNet(nn.Module):
     @torch.no_grad()
     def stitching_error(self, images: torch.Tensor) -> dict[int, float]:
         """Per stitch: mean squared error between the stitching layer's output and the back anchor's activation."""
-        was_training = self.training
-        self.eval()
-        try:
+        with _eval_mode(self):
             acts = [self._activations(a, images) for a in range(len(self.anchors))]
-        finally:
-            self.train(was_training)
         errors = {}
         for c, (f, fu), (b, bu) in self._ls_pairs():
             pred = self.stitch_layers[c.layer](acts[f][fu])

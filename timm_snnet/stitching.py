@@ -1,7 +1,7 @@
 """Stitching layers and their least-squares initialisation."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -71,12 +71,21 @@ class LeastSquares:
         x = x.to(torch.float64)
         return torch.cat([x, x.new_ones(x.shape[0], 1)], dim=1)
 
-    def add(self, x_key, y_key, x: torch.Tensor, y: torch.Tensor, add_gram: bool) -> None:
-        """Add rows of one batch. `add_gram` is False when the same x was already added for another y."""
-        xa = self._augment(x)
-        if add_gram:
+    def add(self, xs: dict, ys: dict, pairs: Sequence[tuple]) -> None:
+        """Add one batch: rows of each front cut (`xs`) and back cut (`ys`) for the (x key, y key) `pairs`.
+
+        Each front cut is converted once and multiplied by all of its targets in one GEMM.
+        """
+        ys = {k: y.to(torch.float64) for k, y in ys.items()}
+        targets: dict = {}
+        for x_key, y_key in pairs:
+            targets.setdefault(x_key, []).append(y_key)
+        for x_key, y_keys in targets.items():
+            xa = self._augment(xs[x_key])
             self.gram[x_key] = self.gram.get(x_key, 0) + xa.T @ xa
-        self.cross[(x_key, y_key)] = self.cross.get((x_key, y_key), 0) + xa.T @ y.to(torch.float64)
+            cross = xa.T @ torch.cat([ys[k] for k in y_keys], dim=1)
+            for y_key, part in zip(y_keys, cross.split([ys[k].shape[1] for k in y_keys], dim=1)):
+                self.cross[(x_key, y_key)] = self.cross.get((x_key, y_key), 0) + part
 
     def solve(self, x_key, y_key) -> tuple[torch.Tensor, torch.Tensor]:
         """Minimum-norm solution (stable when rows are rank deficient); returns (weight [out, in], bias [out]).
