@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, register_model
 
 from .hub import checkpoint_filter_fn, pretrained_errors, pretrained_kwargs, record_model_args
@@ -25,21 +24,24 @@ def _create_snnet(variant: str, pretrained: bool = False, **kwargs: Any) -> SNNe
     return model
 
 
-def _anchor_cfg(model_args: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """first_conv and classifier for every anchor, as tuples."""
-    first, head = model_args['first_conv'], model_args['classifier']
-    n = len(model_args['anchors'])
-    return tuple(f'anchors.{i}.{first}' for i in range(n)), tuple(f'anchors.{i}.{head}' for i in range(n))
+def _anchor_layers(cfgs: list[dict[str, Any]]) -> dict[str, tuple[str, ...]]:
+    """first_conv and classifier of each anchor (by its own timm cfg), as tuples."""
+    return {key: tuple(f'anchors.{i}.{c[key]}' for i, c in enumerate(cfgs)) for key in ('first_conv', 'classifier')}
 
 
-def _cfg(anchors: tuple[str, ...], first_conv: str, classifier: str, **kwargs: Any) -> dict[str, Any]:
-    first, head = _anchor_cfg(dict(anchors=anchors, first_conv=first_conv, classifier=classifier))
+def _cfg(anchors: tuple[str, ...], **kwargs: Any) -> dict[str, Any]:
+    """A cfg naming every anchor's layers, with the anchors' eval transform (the largest anchor's crop, size and
+    interpolation)."""
+    cfgs = [get_pretrained_cfg(a) for a in anchors]
+    if len({(tuple(c.mean), tuple(c.std)) for c in cfgs}) > 1:
+        raise ValueError(f'anchors {anchors} normalise inputs differently; they cannot share one input')
+    last = cfgs[-1]
     return {
-        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None, 'crop_pct': 0.875,
-        'interpolation': 'bicubic', 'fixed_input_size': True,
-        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': first, 'classifier': head, 'license': 'apache-2.0', 'hf_hub_filename': 'model.safetensors',
+        'num_classes': 1000, 'input_size': last.input_size, 'pool_size': None, 'crop_pct': last.crop_pct,
+        'interpolation': last.interpolation, 'fixed_input_size': any(c.fixed_input_size for c in cfgs),
+        'mean': last.mean, 'std': last.std, 'license': 'apache-2.0', 'hf_hub_filename': 'model.safetensors',
         'paper_ids': 'arXiv:2302.06586', 'paper_name': 'Stitchable Neural Networks',
+        'notes': ('anchors: ' + ', '.join(anchors),), **_anchor_layers([c.to_dict() for c in cfgs]),
         **kwargs,
     }
 
@@ -47,8 +49,8 @@ def _cfg(anchors: tuple[str, ...], first_conv: str, classifier: str, **kwargs: A
 DEIT_TSB = ('deit_tiny_patch16_224', 'deit_small_patch16_224', 'deit_base_patch16_224')
 
 default_cfgs = generate_default_cfgs({
-    # DeiT eval transform (resize 256, crop 224), as SN-Net was evaluated
-    'snnet_deit_tsb.in1k': _cfg(DEIT_TSB, 'patch_embed.proj', 'head', hf_hub_id=f'{HF_HUB_ORG}/snnet_deit_tsb.in1k'),
+    # DeiT's own eval transform (resize 256, crop 224), as SN-Net was evaluated (timm's DeiT cfgs crop 0.9)
+    'snnet_deit_tsb.in1k': _cfg(DEIT_TSB, crop_pct=0.875, hf_hub_id=f'{HF_HUB_ORG}/snnet_deit_tsb.in1k'),
 })
 
 
@@ -57,11 +59,18 @@ def _model_args(defaults: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, A
     return {**defaults, **kwargs}
 
 
+def _create_from_anchors(variant: str, pretrained: bool, defaults: dict[str, Any], kwargs: dict[str, Any]) -> SNNet:
+    """Build, then name the layers of the anchors actually built (a custom `anchors=` list included)."""
+    model = _create_snnet(variant, pretrained, **_model_args(defaults, kwargs))
+    model.pretrained_cfg.update(_anchor_layers([m.pretrained_cfg for m in model.anchors]))
+    return model
+
+
 @register_model
 def snnet_deit_tsb(pretrained: bool = False, **kwargs: Any) -> SNNet:
     """SN-Net over DeiT-Ti/S/B (71 configs: 3 anchors + 2 x 34 stitches, window 2 stride 1)."""
-    args = _model_args(dict(anchors=DEIT_TSB, names=('Ti', 'S', 'B'), rule='window'), kwargs)
-    return _create_snnet('snnet_deit_tsb', pretrained, **args)
+    defaults = dict(anchors=DEIT_TSB, names=('Ti', 'S', 'B'), rule='window')
+    return _create_from_anchors('snnet_deit_tsb', pretrained, defaults, kwargs)
 
 
 # --- hierarchical families: Swin, ResNet, ResNet -> Swin ------------------------------------------------------------
@@ -73,36 +82,12 @@ RESNET_18_50 = ('resnet18.tv_in1k', 'resnet50.a1_in1k')
 RESNET18_SWIN_TI = ('resnet18.tv_in1k', 'swin_tiny_patch4_window7_224.ms_in1k')
 
 
-def _anchor_layers(cfgs: list[dict[str, Any]]) -> dict[str, tuple[str, ...]]:
-    """first_conv and classifier of each anchor (by its own timm cfg), as tuples."""
-    return {key: tuple(f'anchors.{i}.{c[key]}' for i, c in enumerate(cfgs)) for key in ('first_conv', 'classifier')}
-
-
-def _anchors_cfg(anchors: tuple[str, ...], **kwargs: Any) -> dict[str, Any]:
-    """A cfg with the anchors' layer names and eval transform (the largest anchor's crop and interpolation)."""
-    cfgs = [get_pretrained_cfg(a) for a in anchors]
-    if len({(c.mean, c.std) for c in cfgs}) > 1:
-        raise ValueError(f'anchors {anchors} normalise inputs differently; they cannot share one input')
-    last = cfgs[-1]
-    return {**_cfg(anchors, last.first_conv, last.classifier, mean=last.mean, std=last.std, crop_pct=last.crop_pct,
-                   interpolation=last.interpolation, fixed_input_size=any(c.fixed_input_size for c in cfgs),
-                   notes=('anchors: ' + ', '.join(anchors),), **kwargs),
-            **_anchor_layers([c.to_dict() for c in cfgs])}
-
-
 default_cfgs.update(generate_default_cfgs({
-    'snnet_swin_tsb.in22k_ft_in1k': _anchors_cfg(SWIN_TSB, hf_hub_id=f'{HF_HUB_ORG}/snnet_swin_tsb.in22k_ft_in1k'),
-    'snnet_resnet.in1k': _anchors_cfg(RESNET_18_50, hf_hub_id=f'{HF_HUB_ORG}/snnet_resnet.in1k'),
-    'snnet_resnet18_swin_ti.in1k': _anchors_cfg(
+    'snnet_swin_tsb.in22k_ft_in1k': _cfg(SWIN_TSB, hf_hub_id=f'{HF_HUB_ORG}/snnet_swin_tsb.in22k_ft_in1k'),
+    'snnet_resnet.in1k': _cfg(RESNET_18_50, hf_hub_id=f'{HF_HUB_ORG}/snnet_resnet.in1k'),
+    'snnet_resnet18_swin_ti.in1k': _cfg(
         RESNET18_SWIN_TI, hf_hub_id=f'{HF_HUB_ORG}/snnet_resnet18_swin_ti.in1k'),
 }))
-
-
-def _create_from_anchors(variant: str, pretrained: bool, defaults: dict[str, Any], kwargs: dict[str, Any]) -> SNNet:
-    """Build, then name the layers of the anchors actually built (a custom `anchors=` list included)."""
-    model = _create_snnet(variant, pretrained, **_model_args(defaults, kwargs))
-    model.pretrained_cfg.update(_anchor_layers([m.pretrained_cfg for m in model.anchors]))
-    return model
 
 
 @register_model
