@@ -360,3 +360,10 @@ def test_init_and_sweep_grayscale_model(tmp_path: Path) -> None:
                  '--model-kwargs', *kwargs]) == 0
     assert main(_sweep_args(init, data, tmp_path / 'out', '--stitches', '0,5', kwargs=kwargs)) == 0
     assert [r['id'] for r in _rows(tmp_path / 'out' / 'sweep.json')] == [0, 5]
+
+
+def test_configs_command_prints_the_table(capsys) -> None:
+    assert main(['configs', '--model', 'snnet_resnet']) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split()[:2] == ['id', 'path'] and len(lines) == 1 + 10
+    assert lines[3].split()[1:] == ['resnet18[s1.0..1]', '->', 'resnet50[s1.2..]', '3.77', '25.42']

@@ -36,9 +36,11 @@ def _print_configs(args: argparse.Namespace) -> int:
     import timm_snnet  # noqa: F401
 
     model = timm.create_model(args.model)
-    print(f'{"id":>3}  {"path":<28} {"GFLOPs":>8} {"params (M)":>11}')
-    for c in model.stitch_configs():
-        print(f'{c.id:>3}  {model.describe(c):<28} {c.gflops:>8.2f} {c.params / 1e6:>11.2f}')
+    configs = model.stitch_configs()
+    width = max(len(model.describe(c)) for c in configs)
+    print(f'{"id":>3}  {"path":<{width}} {"GFLOPs":>8} {"params (M)":>11}')
+    for c in configs:
+        print(f'{c.id:>3}  {model.describe(c):<{width}} {c.gflops:>8.2f} {c.params / 1e6:>11.2f}')
     return 0
 
 
