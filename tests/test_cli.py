@@ -366,4 +366,4 @@ def test_configs_command_prints_the_table(capsys) -> None:
     assert main(['configs', '--model', 'snnet_resnet']) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].split()[:2] == ['id', 'path'] and len(lines) == 1 + 10
-    assert lines[3].split()[1:] == ['resnet18[s1.0..1]', '->', 'resnet50[s1.2..]', '3.77', '25.42']
+    assert lines[4].split()[1:] == ['resnet18[s1.0..1]', '->', 'resnet50[s1.2..]', '3.77', '25.42']
