@@ -448,11 +448,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument('--threads', type=int, default=1,
                    help='torch threads (default 1: two threads on two cores shared with other jobs stall each other)')
     p.add_argument('--models', default=None, help='comma list of snnet_* models (default: all registered)')
-    p.add_argument('--output', type=Path, default=RESULTS)
+    p.add_argument('--output', type=Path, default=None,
+                   help='results folder (default benchmarks/results, or benchmarks/results/quick with --quick)')
     p.add_argument('--peak-memory', choices=('snnet', 'anchors'), help=argparse.SUPPRESS)
     p.add_argument('--img-size', type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument('--render', type=Path, default=None, help='only rewrite latest.md from this latest.json')
     args = p.parse_args(argv)
+    args.output = args.output or (RESULTS / 'quick' if args.quick else RESULTS)
     if args.render:
         (args.output / 'latest.md').write_text(summary(json.loads(args.render.read_text())))
         return 0
