@@ -15,6 +15,7 @@ from fvcore.nn.jit_handles import get_shape
 from torch import nn
 
 from .families import Family
+from .utils import eval_mode
 
 
 def sdpa_flop_jit(inputs: list[Any], outputs: list[Any]) -> int:
@@ -66,15 +67,10 @@ def anchor_costs(model: nn.Module, family: Family, input_size: Sequence[int]) ->
     """Trace one anchor at batch 1 and split its costs by the family's stem and unit module names."""
     units = family.units(model)
     param = next(model.parameters())
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            analysis = count_flops(model, torch.zeros(1, *input_size, device=param.device, dtype=param.dtype))
-            by_module = analysis.by_module()
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        analysis = count_flops(model, torch.zeros(1, *input_size, device=param.device, dtype=param.dtype))
+        by_module = analysis.by_module()
     named = dict(model.named_parameters())
 
     def params_of(prefixes: Sequence[str]) -> int:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import bisect
 import json
 import operator
-from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
 import timm
@@ -23,6 +22,7 @@ from .configs import Rule, StitchConfig, assign_layers, enumerate_configs
 from .families import Family, Unit, family_for
 from .flops import AnchorCosts, anchor_costs, stitching_layer_cost
 from .stitching import LeastSquares, average_affine, create_stitching_layer, to_rows
+from .utils import eval_mode
 
 _MASK64 = (1 << 64) - 1
 
@@ -65,17 +65,6 @@ def _image_batches(data: Union[torch.Tensor, Iterable], num_images: int, chunk: 
         seen += min(len(images), num_images - seen)
         if seen >= num_images:
             return
-
-
-@contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
-    """Eval mode inside the block, the previous mode after."""
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)
 
 
 class SNNet(nn.Module):
@@ -308,7 +297,7 @@ class SNNet(nn.Module):
             costs = [anchor_costs(m, f, input_size) for m, f in zip(self.anchors, self._families)]
             param = next(self.parameters())
             x = torch.zeros(1, *input_size, device=param.device, dtype=param.dtype)
-            with _eval_mode(self), torch.no_grad():  # BatchNorm must not learn the zero image's statistics
+            with eval_mode(self), torch.no_grad():  # BatchNorm must not learn the zero image's statistics
                 rows = [{u: to_rows(a, self._families[i].layout).shape[0] for u, a in self._activations(i, x).items()}
                         for i in range(len(self.anchors))]
             layer_costs = []
@@ -453,7 +442,7 @@ class SNNet(nn.Module):
             keep.setdefault(b, set()).add(bu)
         ls, seen = LeastSquares(), 0
         param = next(self.parameters())
-        with _eval_mode(self), tqdm(total=num_images, desc='LS init', unit='img', disable=not progress) as bar:
+        with eval_mode(self), tqdm(total=num_images, desc='LS init', unit='img', disable=not progress) as bar:
             for images in _image_batches(data, num_images, batch_size):
                 images = images.to(device=param.device, dtype=param.dtype)
                 acts = {a: self._activations(a, images, cuts) for a, cuts in keep.items()}
@@ -472,7 +461,7 @@ class SNNet(nn.Module):
     @torch.no_grad()
     def stitching_error(self, images: torch.Tensor) -> dict[int, float]:
         """Per stitch: mean squared error between the stitching layer's output and the back anchor's activation."""
-        with _eval_mode(self):
+        with eval_mode(self):
             acts = [self._activations(a, images) for a in range(len(self.anchors))]
         errors = {}
         for c, (f, fu), (b, bu) in self._ls_pairs():

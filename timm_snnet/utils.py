@@ -1,7 +1,10 @@
-"""Small helpers shared by the command-line modules."""
+"""Small helpers shared across the package."""
 import hashlib
 import os
-from typing import Union
+from contextlib import contextmanager
+from typing import Iterator, Union
+
+from torch import nn
 
 
 def file_sha256(path: Union[str, os.PathLike]) -> str:
@@ -11,3 +14,14 @@ def file_sha256(path: Union[str, os.PathLike]) -> str:
         for block in iter(lambda: f.read(1 << 20), b''):
             digest.update(block)
     return digest.hexdigest()
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Eval mode inside the block, the previous mode after."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
