@@ -44,6 +44,36 @@ class StitchConfig:
 
 
 @dataclass(frozen=True)
+class Segment:
+    """Units [start, stop) of one anchor (global unit indices, across stages)."""
+    anchor: int
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class Route:
+    """What a config runs: segments joined by stitching layers (`layers[i]` maps segment i into segment i + 1).
+
+    The first segment also runs its anchor's stem; the last one its final norm and head. An anchor is one segment.
+    """
+    segments: tuple[Segment, ...]
+    layers: tuple[int, ...] = ()
+
+    @property
+    def first(self) -> Segment:
+        return self.segments[0]
+
+    @property
+    def last(self) -> Segment:
+        return self.segments[-1]
+
+    def joins(self) -> list[tuple[int, Segment, Segment]]:
+        """(stitching layer, segment before it, segment after it) for each join."""
+        return list(zip(self.layers, self.segments, self.segments[1:]))
+
+
+@dataclass(frozen=True)
 class LayerSpec:
     """What one stitching layer connects: front anchor -> back anchor at a stage."""
     front: int

@@ -50,13 +50,11 @@ class AnchorCosts:
     def head_params(self) -> int:
         return self.params - self.stem_params - sum(self.unit_params)
 
-    def front(self, stop: int) -> tuple[int, int]:
-        """Cost of the stem and units [0, stop)."""
-        return self.stem_flops + sum(self.unit_flops[:stop]), self.stem_params + sum(self.unit_params[:stop])
-
-    def back(self, start: int) -> tuple[int, int]:
-        """Cost of units [start, end) and the head."""
-        return self.head_flops + sum(self.unit_flops[start:]), self.head_params + sum(self.unit_params[start:])
+    def span(self, start: int, stop: int, stem: bool = False, head: bool = False) -> tuple[int, int]:
+        """Cost of units [start, stop), with the stem and / or the head (final norm included)."""
+        flops = sum(self.unit_flops[start:stop]) + stem * self.stem_flops + head * self.head_flops
+        params = sum(self.unit_params[start:stop]) + stem * self.stem_params + head * self.head_params
+        return flops, params
 
 
 def _owned(name: str, prefixes: Sequence[str]) -> bool:

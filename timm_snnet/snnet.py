@@ -18,7 +18,7 @@ from torch import nn
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing as is_fx_tracing
 from tqdm.auto import tqdm
 
-from .configs import Rule, StitchConfig, assign_layers, enumerate_configs
+from .configs import Route, Rule, Segment, StitchConfig, assign_layers, enumerate_configs
 from .families import Family, Unit, family_for
 from .flops import AnchorCosts, anchor_costs, stitching_layer_cost
 from .stitching import LeastSquares, average_affine, create_stitching_layer, to_rows
@@ -141,7 +141,7 @@ class SNNet(nn.Module):
         self._configs = configs
         self._depths = depths
         self.stitch_layers = nn.ModuleList([self._make_layer(s.front, s.back, s.stage, device, dtype) for s in layers])
-        self._plans = [self._plan(c) for c in configs]
+        self._routes = [self._route(c) for c in configs]
 
         self.stitch_seed = int(stitch_seed)
         self.register_buffer('sample_step', torch.zeros((), dtype=torch.long, device=device))
@@ -180,13 +180,17 @@ class SNNet(nn.Module):
         return create_stitching_layer(
             f.channels, b.channels, self._families[front].layout, self._families[back].layout, device, dtype)
 
-    def _plan(self, c: StitchConfig) -> tuple[int, int, Optional[int], int, int]:
-        """(front anchor, front units stop, stitching layer, back anchor, back units start) for a config."""
+    def _route(self, c: StitchConfig) -> Route:
+        """The segments a config runs: the front's stem and units up to block j, then the back's from block k."""
         if c.is_anchor:
-            n = len(self._units[c.front])
-            return c.front, n, None, c.back, n
-        return (c.front, self._unit_index(c.front, c.stage, c.front_block) + 1, c.layer,
-                c.back, self._unit_index(c.back, c.stage, c.back_block))
+            return Route((Segment(c.front, 0, len(self._units[c.front])),))
+        front = Segment(c.front, 0, self._unit_index(c.front, c.stage, c.front_block) + 1)
+        back = Segment(c.back, self._unit_index(c.back, c.stage, c.back_block), len(self._units[c.back]))
+        return Route((front, back), (c.layer,))
+
+    def route(self, stitch_id: int) -> Route:
+        """The segments and stitching layers that config `stitch_id` runs."""
+        return self._routes[self._check_id(stitch_id)]
 
     @property
     def num_configs(self) -> int:
@@ -202,17 +206,17 @@ class SNNet(nn.Module):
 
     @property
     def num_features(self) -> int:
-        return self.anchors[self._configs[self._stitch_id].back].num_features
+        return self.anchors[self._routes[self._stitch_id].last.anchor].num_features
 
     @property
     def head_hidden_size(self) -> int:
-        back = self.anchors[self._configs[self._stitch_id].back]
+        back = self.anchors[self._routes[self._stitch_id].last.anchor]
         return getattr(back, 'head_hidden_size', back.num_features)
 
     @property
     def feature_dim(self) -> int:
         """Channel axis of `forward_features` (timm's attribute): 1 for NCHW maps, -1 for tokens and NHWC maps."""
-        return 1 if self._families[self._configs[self._stitch_id].back].layout == 'nchw' else -1
+        return 1 if self._families[self._routes[self._stitch_id].last.anchor].layout == 'nchw' else -1
 
     # --- stitch selection ------------------------------------------------------------------------------------------
     def _check_id(self, stitch_id: Any) -> int:
@@ -300,10 +304,9 @@ class SNNet(nn.Module):
             with eval_mode(self), torch.no_grad():  # BatchNorm must not learn the zero image's statistics
                 rows = [{u: to_rows(a, self._families[i].layout).shape[0] for u, a in self._activations(i, x).items()}
                         for i in range(len(self.anchors))]
-            layer_costs = []
-            for layer_id, layer in enumerate(self.stitch_layers):
-                c = next(c for c in self._configs if c.layer == layer_id)
-                layer_costs.append(stitching_layer_cost(layer, rows[c.front][self._plans[c.id][1] - 1]))
+            inputs = {layer: (seg.anchor, seg.stop - 1) for r in self._routes for layer, seg, _ in r.joins()}
+            layer_costs = [stitching_layer_cost(layer, rows[inputs[i][0]][inputs[i][1]])
+                           for i, layer in enumerate(self.stitch_layers)]
             self._costs[key] = (costs, layer_costs)
         return self._costs[key]
 
@@ -311,12 +314,10 @@ class SNNet(nn.Module):
         """Every config with its GFLOPs (fvcore, batch 1) and the params on its path."""
         costs, layer_costs = self._anchor_costs(tuple(input_size or self._input_size()))
         out = []
-        for c, (f, stop, layer, b, start) in zip(self._configs, self._plans):
-            if layer is None:
-                flops, params = costs[f].flops, costs[f].params
-            else:
-                parts = (costs[f].front(stop), layer_costs[layer], costs[b].back(start))
-                flops, params = sum(p[0] for p in parts), sum(p[1] for p in parts)
+        for c, route in zip(self._configs, self._routes):
+            parts = [costs[s.anchor].span(s.start, s.stop, stem=s is route.first, head=s is route.last)
+                     for s in route.segments] + [layer_costs[i] for i in route.layers]
+            flops, params = sum(p[0] for p in parts), sum(p[1] for p in parts)
             out.append(StitchConfig(**{**c.as_dict(), 'gflops': flops / 1e9, 'params': params}))
         return tuple(out)
 
@@ -336,21 +337,23 @@ class SNNet(nn.Module):
         return x
 
     def _features(self, x: torch.Tensor, stitch_id: int) -> torch.Tensor:
-        front, stop, layer, back, start = self._plans[stitch_id]
+        route = self._routes[stitch_id]
         if not is_fx_tracing():  # the input must suit every anchor on the path
-            for anchor in dict.fromkeys((front, back)):
+            for anchor in dict.fromkeys(s.anchor for s in route.segments):
                 self._families[anchor].check_input(self.anchors[anchor], x)
-        x = self._families[front].stem(self.anchors[front], x)
-        x = self._run(front, x, 0, stop)
-        if layer is None:
-            return self._families[front].finish(self.anchors[front], x)
-        x = self.stitch_layers[layer](x)
-        x = self._run(back, x, start, len(self._units[back]))
-        return self._families[back].finish(self.anchors[back], x) if self.stitched_final_norm else x
+        first, last = route.first, route.last
+        x = self._families[first.anchor].stem(self.anchors[first.anchor], x)
+        x = self._run(first.anchor, x, first.start, first.stop)
+        for layer, _, seg in route.joins():
+            x = self.stitch_layers[layer](x)
+            x = self._run(seg.anchor, x, seg.start, seg.stop)
+        if route.layers and not self.stitched_final_norm:
+            return x
+        return self._families[last.anchor].finish(self.anchors[last.anchor], x)
 
     def _head(self, x: torch.Tensor, stitch_id: int, pre_logits: bool = False) -> torch.Tensor:
-        back = self._plans[stitch_id][3]
-        return self._families[back].head(self.anchors[back], x, pre_logits=pre_logits)
+        last = self._routes[stitch_id].last.anchor
+        return self._families[last].head(self.anchors[last], x, pre_logits=pre_logits)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self._features(x, self._stitch_id)
@@ -384,20 +387,17 @@ class SNNet(nn.Module):
         return _ZeroGradFor.apply(x, *params) if params else x
 
     def _off_path_names(self, stitch_id: int) -> list[tuple[str, str]]:
-        front, stop, layer, back, start = self._plans[stitch_id]
-        on = {f'stitch_layers.{layer}'} if layer is not None else set()
-        roles = ((front, range(stop), True), (back, range(start, len(self._units[back])), False))
-        for anchor, units, with_stem in roles:
-            prefix = f'anchors.{anchor}.'
-            if anchor == front == back:
-                on.add(prefix[:-1])
-                continue
-            on.update(prefix + m for u in units for m in self._units[anchor][u].modules)
-            if with_stem:
-                on.update(prefix + n for n in self._families[anchor].stem_names)
-            else:  # the head: everything that is neither stem nor a unit
-                owned = set(self._families[anchor].stem_names) | {m for u in self._units[anchor] for m in u.modules}
-                on.update(prefix + n for n, _ in self.anchors[anchor].named_parameters()
+        route = self._routes[stitch_id]
+        on = {f'stitch_layers.{layer}' for layer in route.layers}
+        for seg in route.segments:
+            prefix = f'anchors.{seg.anchor}.'
+            on.update(prefix + m for u in range(seg.start, seg.stop) for m in self._units[seg.anchor][u].modules)
+            if seg is route.first:
+                on.update(prefix + n for n in self._families[seg.anchor].stem_names)
+            if seg is route.last:  # the head: everything that is neither stem nor a unit
+                owned = set(self._families[seg.anchor].stem_names)
+                owned |= {m for u in self._units[seg.anchor] for m in u.modules}
+                on.update(prefix + n for n, _ in self.anchors[seg.anchor].named_parameters()
                           if not any(n == o or n.startswith(o + '.') for o in owned))
         off = [n for n, _ in self.named_parameters() if not any(n == o or n.startswith(o + '.') for o in on)]
         return [tuple(n.rsplit('.', 1)) for n in off]
@@ -417,10 +417,11 @@ class SNNet(nn.Module):
                 out[u] = x
         return out
 
-    def _ls_pairs(self) -> list[tuple[StitchConfig, tuple[int, int], tuple[int, int]]]:
-        """(config, front cut, back cut) for each stitch: the layer maps front cut -> back cut (input of block k)."""
-        return [(c, (f, stop - 1), (b, start - 1))
-                for c, (f, stop, layer, b, start) in zip(self._configs, self._plans) if layer is not None]
+    def _ls_pairs(self) -> list[tuple[int, int, tuple[int, int], tuple[int, int]]]:
+        """(config id, layer, front cut, back cut) for each join: the layer maps the output of the last unit before it
+        to the input of the first unit after it (unit -1 is the stem)."""
+        return [(k, layer, (a.anchor, a.stop - 1), (b.anchor, b.start - 1))
+                for k, route in enumerate(self._routes) for layer, a, b in route.joins()]
 
     @torch.no_grad()
     def init_stitching_layers(
@@ -437,7 +438,7 @@ class SNNet(nn.Module):
         """
         pairs = self._ls_pairs()
         keep: dict[int, set] = {}
-        for _, (f, fu), (b, bu) in pairs:
+        for _, _, (f, fu), (b, bu) in pairs:
             keep.setdefault(f, set()).add(fu)
             keep.setdefault(b, set()).add(bu)
         ls, seen = LeastSquares(), 0
@@ -446,28 +447,28 @@ class SNNet(nn.Module):
             for images in _image_batches(data, num_images, batch_size):
                 images = images.to(device=param.device, dtype=param.dtype)
                 acts = {a: self._activations(a, images, cuts) for a, cuts in keep.items()}
-                xs = {fc: to_rows(acts[fc[0]][fc[1]], self._families[fc[0]].layout) for _, fc, _ in pairs}
-                ys = {bc: to_rows(acts[bc[0]][bc[1]], self._families[bc[0]].layout) for _, _, bc in pairs}
-                ls.add(xs, ys, [(fc, bc) for _, fc, bc in pairs])
+                xs = {fc: to_rows(acts[fc[0]][fc[1]], self._families[fc[0]].layout) for _, _, fc, _ in pairs}
+                ys = {bc: to_rows(acts[bc[0]][bc[1]], self._families[bc[0]].layout) for _, _, _, bc in pairs}
+                ls.add(xs, ys, [(fc, bc) for _, _, fc, bc in pairs])
                 seen += len(images)
                 bar.update(len(images))
         if not seen:
             raise ValueError('init_stitching_layers got no images: pass a (B, C, H, W) tensor or batches of them')
         for layer_id, layer in enumerate(self.stitch_layers):
-            solved = [ls.solve(fc, bc) for c, fc, bc in pairs if c.layer == layer_id]
+            solved = [ls.solve(fc, bc) for _, layer, fc, bc in pairs if layer == layer_id]
             weight, bias = average_affine(solved)
             layer.set_affine(weight.to(layer.weight), bias.to(layer.bias))
 
     @torch.no_grad()
     def stitching_error(self, images: torch.Tensor) -> dict[int, float]:
-        """Per stitch: mean squared error between the stitching layer's output and the back anchor's activation."""
+        """Per stitch: mean squared error between the stitching layer's output and the anchor activation it replaces."""
         with eval_mode(self):
             acts = [self._activations(a, images) for a in range(len(self.anchors))]
-        errors = {}
-        for c, (f, fu), (b, bu) in self._ls_pairs():
-            pred = self.stitch_layers[c.layer](acts[f][fu])
-            errors[c.id] = float((pred - acts[b][bu]).double().pow(2).mean())
-        return errors
+        errors: dict[int, list[float]] = {}
+        for k, layer, (f, fu), (b, bu) in self._ls_pairs():
+            pred = self.stitch_layers[layer](acts[f][fu])
+            errors.setdefault(k, []).append(float((pred - acts[b][bu]).double().pow(2).mean()))
+        return {k: sum(e) / len(e) for k, e in errors.items()}
 
     # --- budget selection ------------------------------------------------------------------------------------------
     def select_stitch(
@@ -494,7 +495,7 @@ class SNNet(nn.Module):
 
     # --- timm contract ---------------------------------------------------------------------------------------------
     def get_classifier(self) -> nn.Module:
-        return self.anchors[self._plans[self._stitch_id][3]].get_classifier()
+        return self.anchors[self._routes[self._stitch_id].last.anchor].get_classifier()
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """Reset every anchor's head."""
