@@ -21,6 +21,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any, Optional
 
@@ -82,15 +83,30 @@ def _cache_root(cache_dir: Optional[str] = None) -> Path:
     return Path(cache_dir or constants.HF_HUB_CACHE) / 'timm-snnet' / 'official'
 
 
-def _shape_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-    return {k: kwargs[k] for k in _SHAPE_ARGS if kwargs.get(k) is not None}
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+@cache
+def _defaults(model: str) -> dict[str, str]:
+    """The entry point's own shape kwargs (as JSON), from a model built on the meta device."""
+    import timm
+
+    args = timm.create_model(model, device='meta')._model_args
+    return {k: _json(args[k]) for k in _SHAPE_ARGS if k in args}
+
+
+def _shape_kwargs(model: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The kwargs that change the tensors of `model` from the entry point's defaults."""
+    given = {k: kwargs[k] for k in _SHAPE_ARGS if kwargs.get(k) is not None}
+    return {k: v for k, v in given.items() if _json(v) != _defaults(model).get(k)} if given else {}
 
 
 def official_dir(model: str, kwargs: Optional[dict[str, Any]] = None) -> Path:
     """Cache folder of `model`'s converted release: `<stem>`, or `<stem>-<hash>` for kwargs that change the tensors."""
     kwargs = kwargs or {}
-    shape = _shape_kwargs(kwargs)
-    key = hashlib.sha256(json.dumps(shape, sort_keys=True, default=str).encode()).hexdigest()[:12] if shape else ''
+    shape = _shape_kwargs(model, kwargs)
+    key = hashlib.sha256(_json(shape).encode()).hexdigest()[:12] if shape else ''
     return _cache_root(kwargs.get('cache_dir')) / (RELEASES[model].stem + (f'-{key}' if key else ''))
 
 
@@ -200,7 +216,7 @@ def fetch_official(name: str, kwargs: Optional[dict[str, Any]] = None, tried: Op
                     raise _all_failed(name, tried, folder, url) from e
             start = time.perf_counter()
             try:
-                report = _convert_into(name, checkpoint, folder, url, _shape_kwargs(kwargs))
+                report = _convert_into(name, checkpoint, folder, url, _shape_kwargs(name, kwargs))
             except Exception as e:  # unreadable, refused (pickled classes outside the allowlist) or unmapped keys
                 hint = _what_is_wrong(checkpoint)
                 todo = (f'Delete or replace {placed}.' if download is None else
@@ -225,12 +241,12 @@ def _release_for(variant: str, cfg: dict[str, Any]) -> tuple[Optional[Release], 
     release = RELEASES.get(variant)
     if release is None:
         return None, False
+    if cfg.get('file') or cfg.get('state_dict') or cfg.get('source') in ('hf-hub', 'local-dir'):
+        return None, False
     tag = cfg.get('tag') or ''
     if tag == OFFICIAL_TAG + release.tag:
         return release, True
-    default = get_pretrained_cfg(f'{variant}.{release.tag}')
-    redirected = cfg.get('file') or cfg.get('state_dict') or cfg.get('source') in ('hf-hub', 'local-dir')
-    if tag == release.tag and cfg.get('hf_hub_id') == default.hf_hub_id and not redirected:
+    if tag == release.tag and cfg.get('hf_hub_id') == get_pretrained_cfg(f'{variant}.{tag}').hf_hub_id:
         return release, False
     return None, False
 
@@ -288,8 +304,6 @@ def pretrained_kwargs(variant: str, kwargs: dict[str, Any]) -> dict[str, Any]:
                 raise
             tried.append(f"Hub repo '{repo}' ({e})")
             _logger.info(f"{variant}: the Hub repo '{repo}' is not available, trying the authors' release")
-    cached = _complete(folder)
     folder = fetch_official(variant, kwargs, tried)
-    _logger.info(f"{variant}: pretrained weights from the authors' release {release.file}, "
-                 f"{'converted earlier' if cached else 'converted now'}, in {folder}")
+    _logger.info(f"{variant}: pretrained weights from the authors' release {release.file}, converted in {folder}")
     return _from_folder(variant, kwargs, folder)
