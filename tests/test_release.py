@@ -229,6 +229,9 @@ def test_official_tag_reads_only_the_release(release: ReleaseServer, hub_server:
     again = timm.create_model(f'local-dir:{folder}', pretrained=True)
     assert all(torch.equal(a, b) for a, b in zip(_outputs(again, name), _outputs(model, name)))
     assert again.stitch_table == model.stitch_table
+    reset = timm.create_model(f'{name}.official_in1k', pretrained=True, num_classes=7, **RESNET)  # timm drops heads
+    assert reset.num_classes == 7 and len(release.requests) == 1  # from the cache
+    assert torch.equal(reset.anchors[0].conv1.weight, model.anchors[0].conv1.weight)
 
 
 _LOAD = """
