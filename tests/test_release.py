@@ -192,6 +192,7 @@ def test_bad_release_is_refused_and_nothing_cached(case: str, release: ReleaseSe
     with pytest.raises(SNNetLoadError, match=expected) as info:
         timm.create_model(name, pretrained=True, **RESNET)
     assert url in str(info.value) and 'resnet_18_50.pth' in str(info.value)
+    assert f"Hub repo '{HF_HUB_ORG}/snnet_resnet.in1k'" in str(info.value)  # every source tried is named
     assert not _RAN  # nothing from the pickle ran
     assert _cache_files(name, RESNET) == []  # no download, no folder: nothing a later load would trust
 

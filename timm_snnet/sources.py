@@ -20,13 +20,14 @@ import shutil
 import tempfile
 import time
 import uuid
+import zipfile
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any, Optional
 
 from huggingface_hub import constants, hf_hub_download
-from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 from huggingface_hub.file_download import http_get
 from huggingface_hub.utils import WeakFileLock
 from timm.models import get_pretrained_cfg
@@ -134,8 +135,6 @@ def official_rows(model: Any, name: str, reference_dir: Path = REFERENCE_DIR) ->
 # --- the authors' release: download, convert, cache ----------------------------------------------------------------
 def _what_is_wrong(path: Path) -> str:
     """A guess at why a file did not convert, from its first bytes."""
-    import zipfile
-
     if not path.is_file():
         return ''
     with open(path, 'rb') as f:
@@ -201,7 +200,7 @@ def fetch_official(name: str, kwargs: Optional[dict[str, Any]] = None, tried: Op
         if placed.is_file():
             checkpoint, download = placed, None
         elif constants.is_offline_mode():
-            tried.append(f"the authors' release {url} (not in the cache, and HF_HUB_OFFLINE=1 forbids downloading it)")
+            tried.append(f"the authors' release {url}: HF_HUB_OFFLINE=1 forbids downloading it")
             raise _all_failed(name, tried, folder, url)
         else:
             checkpoint = download = root / f'.{RELEASES[name].filename}.{uuid.uuid4().hex[:8]}.incomplete'
@@ -212,7 +211,7 @@ def fetch_official(name: str, kwargs: Optional[dict[str, Any]] = None, tried: Op
                     with open(download, 'wb') as f:
                         http_get(url, f, displayed_filename=RELEASES[name].filename)
                 except (HfHubHTTPError, OSError) as e:
-                    tried.append(f"the authors' release {url} (download failed: {e})")
+                    tried.append(f"the authors' release {url}: the download failed ({e})")
                     raise _all_failed(name, tried, folder, url) from e
             start = time.perf_counter()
             try:
@@ -222,9 +221,10 @@ def fetch_official(name: str, kwargs: Optional[dict[str, Any]] = None, tried: Op
                 todo = (f'Delete or replace {placed}.' if download is None else
                         'Nothing was kept in the cache; if it fails again, the file at that URL is not the '
                         "authors' release.")
+                before = f" (tried first: {'; '.join(tried)})" if tried else ''
                 raise SNNetLoadError(
-                    f"Cannot load pretrained {name} from the authors' release: {checkpoint.name} (from {url}) does not "
-                    f"convert: {hint + '; ' if hint else ''}{e}. {todo} {_todo(name, url, root)}",
+                    f"Cannot load pretrained {name} from the authors' release{before}: {RELEASES[name].filename} "
+                    f"(from {url}) does not convert: {hint + '; ' if hint else ''}{e}. {todo} {_todo(name, url, root)}",
                     url, RELEASES[name].filename) from e
             _logger.info(f'{name}: converted {RELEASES[name].filename} in {time.perf_counter() - start:.1f} s '
                          f'({report["tensors"]} tensors) into {folder}')
@@ -259,6 +259,21 @@ def _unavailable(error: BaseException) -> bool:
             return True
         e = e.__cause__
     return False
+
+
+def _hub_problem(error: BaseException) -> str:
+    """Why the Hub repo gave nothing, in a few words (the full advice is for the Hub alone)."""
+    e: Optional[BaseException] = error
+    while e is not None:
+        if isinstance(e, RepositoryNotFoundError):
+            return 'the repo does not exist (not published yet?)'
+        if isinstance(e, LocalEntryNotFoundError):
+            return ('HF_HUB_OFFLINE=1 and the cache has no copy' if constants.is_offline_mode() else
+                    f'the Hub ({constants.ENDPOINT}) could not be reached and the cache has no copy')
+        if isinstance(e, EntryNotFoundError):
+            return 'the repo lacks config.json or model.safetensors'
+        e = e.__cause__
+    return str(error).splitlines()[0]
 
 
 def _from_hub(variant: str, kwargs: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
@@ -302,7 +317,8 @@ def pretrained_kwargs(variant: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         except Exception as e:
             if not _unavailable(e):
                 raise
-            tried.append(f"Hub repo '{repo}' ({e})")
+            file = f", file '{e.filename}'" if getattr(e, 'filename', '') else ''
+            tried.append(f"Hub repo '{repo}'{file}: {_hub_problem(e)}")
             _logger.info(f"{variant}: the Hub repo '{repo}' is not available, trying the authors' release")
     folder = fetch_official(variant, kwargs, tried)
     _logger.info(f"{variant}: pretrained weights from the authors' release {release.file}, converted in {folder}")
