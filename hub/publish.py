@@ -11,7 +11,7 @@ For MODEL, in WORKDIR/MODEL (default hub/build/MODEL):
 1. download the authors' release (RELEASES) as the official .pth, unless --checkpoint names a local copy;
 2. convert it (`timm_snnet.convert`, weights_only=True) into converted/ with the compatibility settings;
 3. write sweep.json: every config's path, GFLOPs and params (this package's counts) with the authors' published
-   top-1 / top-5 from REFERENCE_DIR (default hub/reference);
+   top-1 / top-5 from REFERENCE_DIR (default timm_snnet/reference, shipped in the wheel);
 4. push converted/ to the repo of the model's default pretrained tag (its hf_hub_id in default_cfgs), with the
    model card inputs hub/cards/MODEL.md, the per-stitch table and the Pareto plot.
 """
@@ -29,22 +29,17 @@ import torch
 from timm.utils import ParseKwargs
 
 import timm_snnet  # noqa: F401  (registers the snnet_* models)
+from timm_snnet import sources
 from timm_snnet.convert import convert
 from timm_snnet.hub import push_snnet, save_snnet
+from timm_snnet.sources import DEFAULT_RELEASE_URL, release_url
 from timm_snnet.utils import file_sha256
 
 HUB_DIR = Path(__file__).resolve().parent
-RELEASE = 'https://github.com/ziplab/SN-Net/releases/download'
 # model -> (the authors' release, their published per-config results in the reference folder)
-RELEASES = {
-    'snnet_deit_tsb': (f'{RELEASE}/v1.0/snnet_deit.pth', 'snnet_deit_tsb.official.jsonl'),
-    'snnet_swin_tsb': (f'{RELEASE}/v1.0/snnet_swin.pth', 'snnet_swin_tsb.official.jsonl'),
-    'snnet_resnet': (f'{RELEASE}/v1.1/resnet_18_50.pth', 'snnet_resnet_18_50.official.jsonl'),
-    'snnet_resnet18_swin_ti': (f'{RELEASE}/v1.1/resnet18_swin_ti.pth', 'snnet_resnet18_swin_ti.official.jsonl'),
-}
-REFERENCE_DIR = HUB_DIR / 'reference'
+RELEASES = {name: (release_url(name, DEFAULT_RELEASE_URL), r.reference) for name, r in sources.RELEASES.items()}
+REFERENCE_DIR = sources.REFERENCE_DIR  # package data: timm_snnet/reference
 RESULTS = 'ImageNet-1k val, top-1/top-5 as published by the authors (SN-Net v1, Pan, Cai and Zhuang, CVPR 2023)'
-
 
 
 def download(model: str, workdir: Path) -> Path:
@@ -58,21 +53,15 @@ def download(model: str, workdir: Path) -> Path:
     return path
 
 
-def official_rows(model: Any, reference: Path) -> list[dict[str, Any]]:
+def official_rows(model: Any, name: str, reference_dir: Path) -> list[dict[str, Any]]:
     """Every config (path, GFLOPs, params as counted here) with the authors' accuracy and counts, by id."""
+    reference = reference_dir / RELEASES[name][1]
     if not reference.is_file():
         raise SystemExit(f'no reference results at {reference}: pass --reference-dir')
-    published = [json.loads(line) for line in reference.read_text().splitlines() if line.strip()]
-    configs = model.stitch_configs()
-    if [r['cfg_id'] for r in published] != [c.id for c in configs]:
-        raise SystemExit(f'{reference} lists configs {[r["cfg_id"] for r in published][:5]}... but the model has '
-                         f'{len(configs)} configs: it is not this model')
-    rows = []
-    for c, r in zip(configs, published):
-        row = dict(id=c.id, path=model.describe(c), gflops=c.gflops, params=c.params, top1=r['acc1'])
-        row.update({k: v for k, v in (('top5', r.get('acc5')), ('official_gflops', r['flops'] / 1e9),
-                                      ('official_params', r.get('params'))) if v is not None})
-        rows.append(row)
+    rows = sources.official_rows(model, name, reference_dir)
+    if rows is None:
+        raise SystemExit(f'{reference} lists other configs than the {model.num_configs} of the model: it is not '
+                         f'this model')
     return rows
 
 
@@ -99,7 +88,7 @@ def publish(
                  checkpoint=dict(path=checkpoint.name, sha256=file_sha256(checkpoint), url=RELEASES[model_name][0]),
                  data=dict(results=RESULTS, reference=RELEASES[model_name][1]), transforms=None, device=None,
                  batch_size=None, anchors=[c.id for c in model.stitch_configs() if c.is_anchor],
-                 rows=official_rows(model, reference_dir / RELEASES[model_name][1]))
+                 rows=official_rows(model, model_name, reference_dir))
     (workdir / 'sweep.json').write_text(json.dumps(sweep, indent=1))
     repo_id = repo_id or timm.models.get_pretrained_cfg(model_name).hf_hub_id
     card = HUB_DIR / 'cards' / f'{model_name}.md'

@@ -2,7 +2,6 @@
 import dataclasses
 import json
 import time
-from pathlib import Path
 
 import pytest
 import timm
@@ -10,8 +9,9 @@ import torch
 from safetensors.torch import save_file
 
 from timm_snnet.configs import enumerate_configs
+from timm_snnet.sources import REFERENCE_DIR
 
-REFERENCE = Path(__file__).resolve().parents[1] / 'hub' / 'reference'  # the authors' published per-config results
+REFERENCE = REFERENCE_DIR  # the authors' published per-config results (package data)
 
 
 def _reference(name: str) -> list[dict]:

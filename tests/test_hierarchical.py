@@ -7,7 +7,6 @@ import itertools
 import json
 import os
 import warnings
-from pathlib import Path
 from typing import Callable
 
 import pytest
@@ -24,9 +23,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from timm_snnet.configs import assign_layers, enumerate_configs
 from timm_snnet.flops import sdpa_flop_jit
+from timm_snnet.sources import REFERENCE_DIR
 from timm_snnet.stitching import ConvStitch, LinearStitch
 
-REFERENCE = Path(__file__).resolve().parents[1] / 'hub' / 'reference'  # the authors' published per-config results
+REFERENCE = REFERENCE_DIR  # the authors' published per-config results (package data)
 OFFICIAL = {
     'snnet_swin_tsb': 'snnet_swin_tsb',
     'snnet_resnet': 'snnet_resnet_18_50',

@@ -19,6 +19,7 @@ from test_convert import SWIN_TSB, _deit_table, _official
 from timm_snnet import HF_HUB_ORG
 from timm_snnet.cli import main as cli
 from timm_snnet.hub import SNNetLoadError, load_snnet, parse_card_table, push_snnet, save_snnet
+from timm_snnet.sources import REFERENCE_DIR
 
 REPO = 'tester/snnet-tiny'
 ARCH_ARGS = {'anchors', 'anchor_kwargs', 'names', 'rule', 'stages', 'kernel_size', 'stride', 'layer_assignment',
@@ -245,7 +246,7 @@ def test_push_dry_run_uploads_nothing(hub_endpoint: str, hub_server: HubServer, 
 
 
 # --- hub/publish.py: everything up to the upload, then the upload to the local server -------------------------------
-REFERENCE = Path(__file__).resolve().parents[1] / 'hub' / 'reference'  # the authors' published per-config results
+REFERENCE = REFERENCE_DIR  # the authors' published per-config results (package data)
 RECIPES = {  # tiny anchors with the authors' depths, so that the configs are those of the published results
     'snnet_deit_tsb': (dict(img_size=32, anchor_kwargs=[dict(patch_size=8, embed_dim=e, depth=12, num_heads=2)
                                                         for e in (16, 32, 48)]), _deit_table(12)),

@@ -5,8 +5,9 @@ from typing import Any
 
 from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, register_model
 
-from .hub import checkpoint_filter_fn, pretrained_errors, pretrained_kwargs, record_model_args
+from .hub import checkpoint_filter_fn, pretrained_errors, record_model_args
 from .snnet import SNNet
+from .sources import DEFAULT_RELEASE_URL, OFFICIAL_TAG, pretrained_kwargs, release_url
 
 HF_HUB_ORG = 'timm-snnet'  # the one Hugging Face organisation that holds every SN-Net repo
 
@@ -16,8 +17,8 @@ __all__ = ['HF_HUB_ORG', 'SNNet']
 def _create_snnet(variant: str, pretrained: bool = False, **kwargs: Any) -> SNNet:
     if kwargs.get('features_only'):
         raise RuntimeError(f'features_only is not supported for {variant}: a stitch changes the feature pyramid')
-    if pretrained:  # SN-Net weights (anchors included), built with the model_args saved beside them
-        kwargs = pretrained_kwargs(variant, kwargs)
+    if pretrained:  # SN-Net weights (anchors included), built with the model_args saved beside them; the Hub repo,
+        kwargs = pretrained_kwargs(variant, kwargs)  # else the authors' release converted once (timm_snnet.sources)
     with pretrained_errors(variant, kwargs, pretrained):  # SNNetLoadError naming the repo / file, no model returned
         model = build_model_with_cfg(SNNet, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
     record_model_args(model, kwargs)  # complete, JSON-serialisable model_args for save_for_hf / hf-hub:
@@ -46,11 +47,17 @@ def _cfg(anchors: tuple[str, ...], **kwargs: Any) -> dict[str, Any]:
     }
 
 
+def _release(model: str) -> str:
+    """The authors' release file of `model` (`OFFICIAL_TAG` tags load only it, converted once into the cache)."""
+    return release_url(model, DEFAULT_RELEASE_URL)
+
+
 DEIT_TSB = ('deit_tiny_patch16_224', 'deit_small_patch16_224', 'deit_base_patch16_224')
 
 default_cfgs = generate_default_cfgs({
     # DeiT's own eval transform (resize 256, crop 224), as SN-Net was evaluated (timm's DeiT cfgs crop 0.9)
     'snnet_deit_tsb.in1k': _cfg(DEIT_TSB, crop_pct=0.875, hf_hub_id=f'{HF_HUB_ORG}/snnet_deit_tsb.in1k'),
+    f'snnet_deit_tsb.{OFFICIAL_TAG}in1k': _cfg(DEIT_TSB, crop_pct=0.875, url=_release('snnet_deit_tsb')),
 })
 
 
@@ -87,6 +94,9 @@ default_cfgs.update(generate_default_cfgs({
     'snnet_resnet.in1k': _cfg(RESNET_18_50, hf_hub_id=f'{HF_HUB_ORG}/snnet_resnet.in1k'),
     'snnet_resnet18_swin_ti.in1k': _cfg(
         RESNET18_SWIN_TI, hf_hub_id=f'{HF_HUB_ORG}/snnet_resnet18_swin_ti.in1k'),
+    f'snnet_swin_tsb.{OFFICIAL_TAG}in22k_ft_in1k': _cfg(SWIN_TSB, url=_release('snnet_swin_tsb')),
+    f'snnet_resnet.{OFFICIAL_TAG}in1k': _cfg(RESNET_18_50, url=_release('snnet_resnet')),
+    f'snnet_resnet18_swin_ti.{OFFICIAL_TAG}in1k': _cfg(RESNET18_SWIN_TI, url=_release('snnet_resnet18_swin_ti')),
 }))
 
 

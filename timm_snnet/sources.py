@@ -1,0 +1,325 @@
+"""Where `pretrained=True` finds SN-Net weights: our Hub repo, else the authors' release, converted once.
+
+For the default tag of the four registered SN-Nets (`snnet_deit_tsb.in1k`, ...) the sources are, in order:
+1. a conversion of the authors' release already in the cache (`{cache}/timm-snnet/official/<file stem>/`, written
+   by step 3 of an earlier load): read with no network and no pickle;
+2. the Hub repo of the tag (`model.safetensors` + `config.json`), exactly as for any registry name;
+3. the authors' release file (`{TIMM_SNNET_RELEASE_URL}/v1.0/snnet_deit.pth`, ...), downloaded once, read with
+   `weights_only=True` by `timm_snnet.convert` (same allowlist and compatibility settings as `timm-snnet convert`),
+   given the authors' published per-config accuracy as its stitch table, and written to the cache atomically.
+The `official_*` tags (`snnet_deit_tsb.official_in1k`, ...) use only 1 and 3; `hf-hub:ORG/REPO` names only the Hub.
+Concurrent first loads (DDP ranks on one node) convert once: the conversion runs under a file lock.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+import zipfile
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any, Optional
+
+from huggingface_hub import constants, hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+from huggingface_hub.file_download import http_get
+from huggingface_hub.utils import WeakFileLock
+from timm.models import get_pretrained_cfg
+from timm.models._hub import hf_split, load_model_config_from_path
+
+from . import hub
+from .hub import CONFIG_NAME, WEIGHTS_NAME, SNNetLoadError, _Source
+
+__all__ = ['DEFAULT_RELEASE_URL', 'RELEASE_URL_ENV', 'REFERENCE_DIR', 'RELEASES', 'Release', 'release_url',
+           'official_dir', 'official_rows', 'fetch_official', 'pretrained_kwargs']
+
+_logger = logging.getLogger(__name__)
+
+DEFAULT_RELEASE_URL = 'https://github.com/ziplab/SN-Net/releases/download'
+RELEASE_URL_ENV = 'TIMM_SNNET_RELEASE_URL'  # a mirror with the same relative paths (v1.0/snnet_deit.pth, ...)
+REFERENCE_DIR = Path(__file__).resolve().parent / 'reference'  # the authors' published per-config results
+RESULTS = 'ziplab/SN-Net v1 published results (ImageNet-1k val)'
+OFFICIAL_TAG = 'official_'  # prefix of the tags that load the authors' release only
+# create_model kwargs that shape the tensors: a conversion is built with them, and they key its cache folder
+_SHAPE_ARGS = ('anchors', 'anchor_kwargs', 'img_size', 'rule', 'stages', 'kernel_size', 'stride')
+
+
+@dataclass(frozen=True)
+class Release:
+    """One of the authors' release files, and the pretrained tag whose weights it holds."""
+    file: str  # path under the release base URL, as in the authors' release
+    reference: str  # their per-config results, in REFERENCE_DIR
+    tag: str  # our default pretrained tag for the same weights
+
+    @property
+    def filename(self) -> str:
+        return self.file.rsplit('/', 1)[-1]
+
+    @property
+    def stem(self) -> str:
+        return self.filename.removesuffix('.pth')
+
+
+RELEASES: dict[str, Release] = {
+    'snnet_deit_tsb': Release('v1.0/snnet_deit.pth', 'snnet_deit_tsb.official.jsonl', 'in1k'),
+    'snnet_swin_tsb': Release('v1.0/snnet_swin.pth', 'snnet_swin_tsb.official.jsonl', 'in22k_ft_in1k'),
+    'snnet_resnet': Release('v1.1/resnet_18_50.pth', 'snnet_resnet_18_50.official.jsonl', 'in1k'),
+    'snnet_resnet18_swin_ti': Release('v1.1/resnet18_swin_ti.pth', 'snnet_resnet18_swin_ti.official.jsonl', 'in1k'),
+}
+
+
+def release_url(model: str, base: Optional[str] = None) -> str:
+    """URL of `model`'s release file under `base` (default: $TIMM_SNNET_RELEASE_URL, else the authors' releases)."""
+    base = base or os.environ.get(RELEASE_URL_ENV) or DEFAULT_RELEASE_URL
+    return f'{base.rstrip("/")}/{RELEASES[model].file}'
+
+
+def _cache_root(cache_dir: Optional[str] = None) -> Path:
+    return Path(cache_dir or constants.HF_HUB_CACHE) / 'timm-snnet' / 'official'
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+@cache
+def _defaults(model: str) -> dict[str, str]:
+    """The entry point's own shape kwargs (as JSON), from a model built on the meta device."""
+    import timm
+
+    args = timm.create_model(model, device='meta')._model_args
+    return {k: _json(args[k]) for k in _SHAPE_ARGS if k in args}
+
+
+def _shape_kwargs(model: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The kwargs that change the tensors of `model` from the entry point's defaults."""
+    given = {k: kwargs[k] for k in _SHAPE_ARGS if kwargs.get(k) is not None}
+    return {k: v for k, v in given.items() if _json(v) != _defaults(model).get(k)} if given else {}
+
+
+def official_dir(model: str, kwargs: Optional[dict[str, Any]] = None) -> Path:
+    """Cache folder of `model`'s converted release: `<stem>`, or `<stem>-<hash>` for kwargs that change the tensors."""
+    kwargs = kwargs or {}
+    shape = _shape_kwargs(model, kwargs)
+    key = hashlib.sha256(_json(shape).encode()).hexdigest()[:12] if shape else ''
+    return _cache_root(kwargs.get('cache_dir')) / (RELEASES[model].stem + (f'-{key}' if key else ''))
+
+
+def _complete(folder: Path) -> bool:
+    return (folder / CONFIG_NAME).is_file() and (folder / WEIGHTS_NAME).is_file()
+
+
+def official_rows(model: Any, name: str, reference_dir: Path = REFERENCE_DIR) -> Optional[list[dict[str, Any]]]:
+    """Every config (id, path, GFLOPs and params as counted here) with the authors' published top-1 / top-5 and their
+    own counts (`official_gflops`, `official_params`); None when the model's configs are not the published ones."""
+    path = Path(reference_dir) / RELEASES[name].reference
+    published = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    configs = model.stitch_configs()
+    if [r['cfg_id'] for r in published] != [c.id for c in configs]:
+        return None
+    rows = []
+    for c, r in zip(configs, published):
+        row = dict(id=c.id, path=model.describe(c), gflops=c.gflops, params=c.params, top1=r['acc1'], source=RESULTS)
+        row.update({k: v for k, v in (('top5', r.get('acc5')), ('official_gflops', r['flops'] / 1e9),
+                                      ('official_params', r.get('params'))) if v is not None})
+        rows.append(row)
+    return rows
+
+
+# --- the authors' release: download, convert, cache ----------------------------------------------------------------
+def _what_is_wrong(path: Path) -> str:
+    """A guess at why a file did not convert, from its first bytes."""
+    if not path.is_file():
+        return ''
+    with open(path, 'rb') as f:
+        head = f.read(256)
+    if head.lstrip().lower().startswith((b'<!doctype', b'<html', b'<?xml', b'{')):
+        return 'it is a web page or error message, not a checkpoint (a proxy or login page answered the download?)'
+    if head.startswith(b'PK') and not zipfile.is_zipfile(path):
+        return 'it is truncated (an interrupted download?)'
+    return ''
+
+
+def _convert_into(name: str, checkpoint: Path, folder: Path, url: str, shape: dict[str, Any]) -> dict[str, Any]:
+    """Convert `checkpoint`, attach the authors' accuracy, write `folder` all or nothing (a temp folder, renamed)."""
+    from .convert import convert_official_v1
+    from .hub import save_snnet
+    from .utils import file_sha256
+
+    model, report = convert_official_v1(checkpoint, name, **shape)
+    rows = official_rows(model, name)
+    if rows is None:
+        _logger.warning(f'{name}: the configs of this architecture are not the published ones, so the converted '
+                        f'model carries no stitch table')
+    model.set_stitch_table(rows)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{folder.name}.', suffix='.incomplete', dir=folder.parent))
+    try:
+        source = dict(format='official-v1', file=RELEASES[name].file, url=url, sha256=file_sha256(checkpoint))
+        save_snnet(model, tmp, readme=False, source=source)
+        shutil.rmtree(folder, ignore_errors=True)  # an incomplete folder left by hand; complete ones are never replaced
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return report
+
+
+def _todo(name: str, url: str, root: Path) -> str:
+    return (f"To fix it: load once with network access to the Hub or to {url} (unset HF_HUB_OFFLINE); behind a "
+            f"mirror, set {RELEASE_URL_ENV} to its base URL (it must serve {RELEASES[name].file}). On an air-gapped "
+            f"machine, download {url} elsewhere and place it, unchanged, at {root / RELEASES[name].filename}: the next "
+            f"load converts it (or run `timm-snnet convert --from official-v1 --model {name} FILE --output DIR` and "
+            f"load 'local-dir:DIR').")
+
+
+def _all_failed(name: str, tried: list[str], folder: Path, url: str) -> SNNetLoadError:
+    sources = '; '.join(f'({i}) {t}' for i, t in enumerate(tried, 1))
+    return SNNetLoadError(f'Cannot load pretrained {name}: every source failed: {sources}. The cache '
+                          f'({folder}) holds no conversion. {_todo(name, url, folder.parent)}', url,
+                          RELEASES[name].filename)
+
+
+def fetch_official(name: str, kwargs: Optional[dict[str, Any]] = None, tried: Optional[list[str]] = None) -> Path:
+    """The cache folder holding `name`'s converted release (config.json + model.safetensors); downloads and converts
+    the authors' file first if needed, once across processes. Raises SNNetLoadError naming every source tried."""
+    kwargs, tried = kwargs or {}, list(tried or [])
+    folder, url = official_dir(name, kwargs), release_url(name)
+    if _complete(folder):
+        return folder
+    root = folder.parent
+    root.mkdir(parents=True, exist_ok=True)
+    with WeakFileLock(root / f'{folder.name}.lock'):
+        if _complete(folder):  # converted by another process while this one waited
+            return folder
+        placed = root / RELEASES[name].filename  # a copy placed by hand (air-gapped machines)
+        if placed.is_file():
+            checkpoint, download = placed, None
+        elif constants.is_offline_mode():
+            tried.append(f"the authors' release {url}: HF_HUB_OFFLINE=1 forbids downloading it")
+            raise _all_failed(name, tried, folder, url)
+        else:
+            checkpoint = download = root / f'.{RELEASES[name].filename}.{uuid.uuid4().hex[:8]}.incomplete'
+        try:
+            if download is not None:
+                _logger.info(f'{name}: downloading the authors\' release {url}')
+                try:
+                    with open(download, 'wb') as f:
+                        http_get(url, f, displayed_filename=RELEASES[name].filename)
+                except (HfHubHTTPError, OSError) as e:
+                    tried.append(f"the authors' release {url}: the download failed ({e})")
+                    raise _all_failed(name, tried, folder, url) from e
+            start = time.perf_counter()
+            try:
+                report = _convert_into(name, checkpoint, folder, url, _shape_kwargs(name, kwargs))
+            except Exception as e:  # unreadable, refused (pickled classes outside the allowlist) or unmapped keys
+                hint = _what_is_wrong(checkpoint)
+                todo = (f'Delete or replace {placed}.' if download is None else
+                        'Nothing was kept in the cache; if it fails again, the file at that URL is not the '
+                        "authors' release.")
+                before = f" (tried first: {'; '.join(tried)})" if tried else ''
+                raise SNNetLoadError(
+                    f"Cannot load pretrained {name} from the authors' release{before}: {RELEASES[name].filename} "
+                    f"(from {url}) does not convert: {hint + '; ' if hint else ''}{e}. {todo} {_todo(name, url, root)}",
+                    url, RELEASES[name].filename) from e
+            _logger.info(f'{name}: converted {RELEASES[name].filename} in {time.perf_counter() - start:.1f} s '
+                         f'({report["tensors"]} tensors) into {folder}')
+        finally:
+            if download is not None:
+                download.unlink(missing_ok=True)
+    return folder
+
+
+# --- the chain -------------------------------------------------------------------------------------------------------
+def _release_for(variant: str, cfg: dict[str, Any]) -> tuple[Optional[Release], bool]:
+    """(release, release only) for a pretrained cfg: the default tag falls back on the release, an `official_*`
+    tag uses it alone; anything else (another repo, a file, a state dict) is not ours to redirect."""
+    release = RELEASES.get(variant)
+    if release is None:
+        return None, False
+    if cfg.get('file') or cfg.get('state_dict') or cfg.get('source') in ('hf-hub', 'local-dir'):
+        return None, False
+    tag = cfg.get('tag') or ''
+    if tag == OFFICIAL_TAG + release.tag:
+        return release, True
+    if tag == release.tag and cfg.get('hf_hub_id') == get_pretrained_cfg(f'{variant}.{tag}').hf_hub_id:
+        return release, False
+    return None, False
+
+
+def _unavailable(error: BaseException) -> bool:
+    """The Hub repo or file does not exist, or the Hub cannot be reached (a cause of `error` says so)."""
+    e: Optional[BaseException] = error
+    while e is not None:
+        if isinstance(e, (EntryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError, ConnectionError, TimeoutError)):
+            return True
+        e = e.__cause__
+    return False
+
+
+def _hub_problem(error: BaseException) -> str:
+    """Why the Hub repo gave nothing, in a few words (the full advice is for the Hub alone)."""
+    e: Optional[BaseException] = error
+    while e is not None:
+        if isinstance(e, RepositoryNotFoundError):
+            return 'the repo does not exist (not published yet?)'
+        if isinstance(e, LocalEntryNotFoundError):
+            return ('HF_HUB_OFFLINE=1 and the cache has no copy' if constants.is_offline_mode() else
+                    f'the Hub ({constants.ENDPOINT}) could not be reached and the cache has no copy')
+        if isinstance(e, EntryNotFoundError):
+            return 'the repo lacks config.json or model.safetensors'
+        e = e.__cause__
+    return str(error).splitlines()[0]
+
+
+def _from_hub(variant: str, kwargs: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
+    """Kwargs for the Hub repo (as for any registry name), once its weights file is known to exist."""
+    out = hub.pretrained_kwargs(variant, kwargs)
+    weights = hub._weights_source(cfg)
+    repo, revision = hf_split(weights.location)
+    with hub.load_errors(weights, variant):
+        hf_hub_download(repo, weights.filename, revision=revision, cache_dir=kwargs.get('cache_dir'))
+    return out
+
+
+def _from_folder(variant: str, kwargs: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Kwargs that build `variant` from a converted release: its config.json model_args, the weights file."""
+    src = _Source('local-dir', str(folder), CONFIG_NAME)
+    with hub.load_errors(src, variant):
+        _, arch, saved = load_model_config_from_path(folder)
+    hub._check_architecture(arch, src, expected=variant)
+    saved = {k: v for k, v in (saved or {}).items() if k != 'pretrained_anchors'}
+    overlay = {**(kwargs.get('pretrained_cfg_overlay') or {}), 'file': str(folder / WEIGHTS_NAME)}
+    return {**saved, **kwargs, 'pretrained_cfg_overlay': overlay}
+
+
+def pretrained_kwargs(variant: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`hub.pretrained_kwargs`, with the authors' release behind the default tags (see the module docstring)."""
+    cfg = hub._pretrained_cfg(variant, kwargs)
+    release, release_only = _release_for(variant, cfg)
+    if release is None:
+        return hub.pretrained_kwargs(variant, kwargs)
+    if kwargs.get('pretrained_anchors'):
+        _logger.info('pretrained=True: the SN-Net weights hold the anchors, ignoring pretrained_anchors=True')
+    kwargs = {k: v for k, v in kwargs.items() if k != 'pretrained_anchors'}
+    folder = official_dir(variant, kwargs)
+    tried = []
+    if not _complete(folder) and not release_only:
+        repo = cfg['hf_hub_id']
+        try:
+            out = _from_hub(variant, kwargs, cfg)
+            _logger.info(f"{variant}: pretrained weights from the Hub repo '{repo}'")
+            return out
+        except Exception as e:
+            if not _unavailable(e):
+                raise
+            file = f", file '{e.filename}'" if getattr(e, 'filename', '') else ''
+            tried.append(f"Hub repo '{repo}'{file}: {_hub_problem(e)}")
+            _logger.info(f"{variant}: the Hub repo '{repo}' is not available, trying the authors' release")
+    folder = fetch_official(variant, kwargs, tried)
+    _logger.info(f"{variant}: pretrained weights from the authors' release {release.file}, converted in {folder}")
+    return _from_folder(variant, kwargs, folder)
