@@ -55,10 +55,11 @@ def main(argv=None) -> list[dict]:
         with torch.no_grad():
             features = backbone(x)
             pyramid = head(features)
-        path = backbone.model.describe(backbone.model.stitch_configs()[stitch_id])
-        print(f'{args.model} stitch {stitch_id} ({path}):')
-        for c, r, f, p in zip(info.channels(), info.reduction(), features, pyramid):
-            print(f'  1/{r:<3d} {c:5d} ch  feature {tuple(f.shape)} -> FPN {tuple(p.shape)}')
+        names = backbone.model.anchor_names  # the anchor computing each feature: anchors.N.<module>
+        print(f'{args.model} stitch {stitch_id}:')
+        for c, r, m, f, p in zip(info.channels(), info.reduction(), info.module_name(), features, pyramid):
+            anchor = names[int(m.split('.')[1])]
+            print(f'  1/{r:<3d} {c:5d} ch from {anchor:4s} feature {tuple(f.shape)} -> FPN {tuple(p.shape)}')
         report.append(dict(stitch_id=stitch_id, channels=info.channels(), reduction=info.reduction(),
                            shapes=[tuple(p.shape) for p in pyramid]))
     return report

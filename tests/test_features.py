@@ -1,6 +1,8 @@
 """timm's feature API on SN-Nets (tiny anchors): the features of every stitch, features_only, output_fmt / pool_size,
 and timm's own save_for_hf keeping the active stitch, the sampling settings and the stitch table."""
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import timm
@@ -132,6 +134,18 @@ def test_set_stitch_stays_cheap():
     model.set_stitch(3)
     assert '_recorded_model_args' in model.__dict__ and model._model_args['stitch_id'] == 3
     assert model.__dict__['_recorded_model_args'].get('stitch_id') != 3  # recorded at creation, not on set_stitch
+
+
+def test_backbone_example(capsys):
+    path = Path(__file__).resolve().parents[1] / 'examples' / 'backbone.py'
+    spec = importlib.util.spec_from_file_location('backbone_example', path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    report = example.main(['--tiny', '--img-size', '64'])
+    assert [r['stitch_id'] for r in report] == [0, 5]
+    assert report[0]['channels'] == [8, 16, 32, 64] and report[1]['channels'] == [8, 16, 128, 256]
+    assert all(r['shapes'] == [(2, 32, 16, 16), (2, 32, 8, 8), (2, 32, 4, 4), (2, 32, 2, 2)] for r in report)
+    assert 'stitch 5' in capsys.readouterr().out
 
 
 assert set(TINY) == set(timm.list_models('snnet_*'))

@@ -1,4 +1,4 @@
-"""timm's own model tests (tests/test_models.py from timm's sdist), run on every SN-Net as timm runs them on its anchors.
+"""timm's own model tests (tests/test_models.py from timm's sdist), run on each SN-Net as timm runs them on its anchors.
 
 `make test` fetches that file into .venv/timm-tests. A timm test runs on an SN-Net when timm runs it on every one of
 its anchors' architectures: the test's own `model_name` list (built by timm's filters: NON_STD_FILTERS,
