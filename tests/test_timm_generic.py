@@ -1,42 +1,99 @@
-"""timm's own generic model tests (tests/test_models.py from timm's sdist) run against every snnet model.
+"""timm's own model tests (tests/test_models.py from timm's sdist), run on each SN-Net as timm runs them on its anchors.
 
-`make test` fetches that file into .venv/timm-tests. SN-Nets are ViT-like in their heads, so they take the
-non-standard cfg test, the way timm treats `deit*`.
+`make test` fetches that file into .venv/timm-tests. A timm test runs on an SN-Net when timm runs it on every one of
+its anchors' architectures: the test's own `model_name` list (built by timm's filters: NON_STD_FILTERS,
+EXCLUDE_FILTERS, FEAT_INTER_FILTERS, ...) holds them all. So Swin and ResNet SN-Nets take the standard cfg test and
+the features_only test, DeiT takes the non-standard one, as in timm. Left out: torchscript tests (timm deprecates
+them), and tests that need published pretrained weights (`pretrained=True`): none are published yet.
+`test_timm_selection` prints the selection per model. Full-size models, as timm uses.
 """
 import importlib.util
 import inspect
 import os
+from functools import lru_cache
 from pathlib import Path
 
 import pytest
 import timm
+import torch
 
 TIMM_TESTS = Path(os.environ.get('TIMM_TESTS_DIR', Path(__file__).resolve().parents[1] / '.venv' / 'timm-tests'))
-GENERIC = ('test_model_forward', 'test_model_backward', 'test_model_default_cfgs_non_std',
-           'test_model_forward_fx', 'test_model_backward_fx')
+NEEDS_WEIGHTS = ('test_model_load_pretrained', 'test_model_features_pretrained')
+MODELS = timm.list_models('snnet_*')
 
 
-def _load_timm_tests():
+@lru_cache(None)
+def _timm_tests():
     path = TIMM_TESTS / 'test_models.py'
     if not path.exists():
-        pytest.skip(f'{path} missing: run `make timm-tests` (make test does it)')
+        pytest.fail(f'{path} missing: run `make timm-tests` (make test does it)')
     spec = importlib.util.spec_from_file_location('timm_generic_test_models', path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-@pytest.fixture(scope='module')
-def timm_tests():
-    return _load_timm_tests()
+def _model_names(test) -> list[str]:
+    """The `model_name` list timm parametrizes a test with (empty when it has none)."""
+    for mark in getattr(test, 'pytestmark', []):
+        if mark.name == 'parametrize' and mark.args[0].split(',')[0].strip() == 'model_name':
+            return [v if isinstance(v, str) else v[0] for v in mark.args[1]]
+    return []
+
+
+@lru_cache(None)
+def _anchor_archs(model_name: str) -> tuple[str, ...]:
+    with torch.device('meta'):
+        model = timm.create_model(model_name, device='meta')
+    return tuple(m.pretrained_cfg['architecture'] for m in model.anchors)
+
+
+@lru_cache(None)
+def timm_tests_for(model_name: str) -> tuple[str, ...]:
+    """The tests of timm's test_models.py that timm runs on every anchor of `model_name` (torchscript excluded)."""
+    module, archs = _timm_tests(), _anchor_archs(model_name)
+    out = []
+    for name, test in inspect.getmembers(module, inspect.isfunction):
+        marks = {m.name for m in getattr(test, 'pytestmark', [])}
+        if not name.startswith('test_') or 'torchscript' in name or 'torchscript' in marks or name in NEEDS_WEIGHTS:
+            continue
+        names = {n.split('.')[0] for n in _model_names(test)}  # tags dropped
+        if names and all(a in names for a in archs):
+            out.append(name)
+    return tuple(out)
+
+
+def _cases() -> list[tuple[str, str]]:
+    if not (TIMM_TESTS / 'test_models.py').exists():
+        return [(m, 'missing') for m in MODELS]
+    return [(m, t) for m in MODELS for t in timm_tests_for(m)]
+
+
+def test_timm_selection():
+    """Per model, which of timm's tests run: the same split as timm's (standard cfg test for Swin / ResNet)."""
+    for m in MODELS:
+        print(f'{m} ({", ".join(_anchor_archs(m))}): {", ".join(timm_tests_for(m))}')
+    common = {'test_model_forward', 'test_model_backward', 'test_model_forward_fx', 'test_model_backward_fx',
+              'test_model_forward_intermediates', 'test_model_forward_intermediates_features',
+              'test_prune_intermediate_layers_contract'}
+    for m in MODELS:
+        assert common <= set(timm_tests_for(m)), m
+    assert 'test_model_default_cfgs_non_std' in timm_tests_for('snnet_deit_tsb')
+    assert 'test_model_default_cfgs' not in timm_tests_for('snnet_deit_tsb')
+    for m in ('snnet_swin_tsb', 'snnet_resnet', 'snnet_resnet18_swin_ti'):
+        assert {'test_model_default_cfgs', 'test_model_forward_features'} <= set(timm_tests_for(m)), m
+        assert 'test_model_default_cfgs_non_std' not in timm_tests_for(m), m
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('test_name', GENERIC)
-@pytest.mark.parametrize('model_name', timm.list_models('snnet_*'))
-def test_timm_generic(timm_tests, test_name, model_name):
-    test = getattr(timm_tests, test_name)
+@pytest.mark.parametrize('model_name,test_name', _cases())
+def test_timm_generic(model_name, test_name):
+    module = _timm_tests()
+    test = getattr(module, test_name)
+    params = inspect.signature(test).parameters
     kwargs = {}
-    if 'cfg_device' in inspect.signature(test).parameters:  # the same value as timm's own fixture
-        kwargs['cfg_device'] = 'meta' if timm_tests._HAS_DEVICE_CONTEXT else timm_tests.torch_device
-    test(model_name, 2 if 'backward' in test_name else 1, **kwargs)
+    if 'batch_size' in params:
+        kwargs['batch_size'] = 2 if 'backward' in test_name else 1
+    if 'cfg_device' in params:  # the same value as timm's own fixture
+        kwargs['cfg_device'] = 'meta' if module._HAS_DEVICE_CONTEXT else module.torch_device
+    test(model_name, **kwargs)

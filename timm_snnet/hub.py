@@ -105,11 +105,8 @@ def record_model_args(model: SNNet, kwargs: dict[str, Any]) -> None:
 
 
 def export_model_args(model: SNNet) -> dict[str, Any]:
-    """Changes since construction, for config.json: the active stitch and the stitch table as they are now."""
-    args = dict(stitch_id=model.stitch_id, stitch_table=model.stitch_table)
-    if getattr(model, '_model_args', {}).get('pretrained_anchors'):
-        args['pretrained_anchors'] = False  # the anchors' weights are in the checkpoint now
-    return args
+    """Changes since construction, for config.json (timm's own save_for_hf reads the same through `_model_args`)."""
+    return model.live_model_args()
 
 
 # --- pulling -----------------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, register_model
+from torch import nn
 
 from .hub import checkpoint_filter_fn, pretrained_errors, record_model_args
 from .snnet import SNNet
@@ -14,15 +15,29 @@ HF_HUB_ORG = 'timm-snnet'  # the one Hugging Face organisation that holds every 
 __all__ = ['HF_HUB_ORG', 'SNNet']
 
 
+def _feature_cfg(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """features_only goes through timm's FeatureGetterNet (forward_intermediates of the active stitch; the stitch is
+    chosen with `stitch_id=`). Default out_indices: every feature of that stitch."""
+    cfg = dict(feature_cls='getter', out_indices=kwargs.pop('out_indices', None), **kwargs.pop('feature_cfg', {}))
+    if cfg['out_indices'] is None and cfg.get('prune') is False:
+        raise ValueError('features_only with feature_cfg=dict(prune=False) needs explicit out_indices, e.g. (1, 2, 3)')
+    return cfg
+
+
 def _create_snnet(variant: str, pretrained: bool = False, **kwargs: Any) -> SNNet:
     if kwargs.get('features_only'):
-        raise RuntimeError(f'features_only is not supported for {variant}: a stitch changes the feature pyramid')
+        kwargs['feature_cfg'] = _feature_cfg(kwargs)
     if pretrained:  # SN-Net weights (anchors included), built with the model_args saved beside them; the Hub repo,
         kwargs = pretrained_kwargs(variant, kwargs)  # else the authors' release converted once (timm_snnet.sources)
     with pretrained_errors(variant, kwargs, pretrained):  # SNNetLoadError naming the repo / file, no model returned
         model = build_model_with_cfg(SNNet, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
-    record_model_args(model, kwargs)  # complete, JSON-serialisable model_args for save_for_hf / hf-hub:
+    record_model_args(_inner(model), kwargs)  # complete, JSON-serialisable model_args for save_for_hf / hf-hub:
     return model
+
+
+def _inner(model: nn.Module) -> SNNet:
+    """The SN-Net itself (features_only wraps it in timm's FeatureGetterNet)."""
+    return model if isinstance(model, SNNet) else model.model
 
 
 def _anchor_layers(cfgs: list[dict[str, Any]]) -> dict[str, tuple[str, ...]]:
@@ -38,7 +53,7 @@ def _cfg(anchors: tuple[str, ...], **kwargs: Any) -> dict[str, Any]:
         raise ValueError(f'anchors {anchors} normalise inputs differently; they cannot share one input')
     last = cfgs[-1]
     return {
-        'num_classes': 1000, 'input_size': last.input_size, 'pool_size': None, 'crop_pct': last.crop_pct,
+        'num_classes': 1000, 'input_size': last.input_size, 'pool_size': last.pool_size, 'crop_pct': last.crop_pct,
         'interpolation': last.interpolation, 'fixed_input_size': any(c.fixed_input_size for c in cfgs),
         'mean': last.mean, 'std': last.std, 'license': 'apache-2.0', 'hf_hub_filename': 'model.safetensors',
         'paper_ids': 'arXiv:2302.06586', 'paper_name': 'Stitchable Neural Networks',
@@ -69,7 +84,7 @@ def _model_args(defaults: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, A
 def _create_from_anchors(variant: str, pretrained: bool, defaults: dict[str, Any], kwargs: dict[str, Any]) -> SNNet:
     """Build, then name the layers of the anchors actually built (a custom `anchors=` list included)."""
     model = _create_snnet(variant, pretrained, **_model_args(defaults, kwargs))
-    model.pretrained_cfg.update(_anchor_layers([m.pretrained_cfg for m in model.anchors]))
+    model.pretrained_cfg.update(_anchor_layers([m.pretrained_cfg for m in _inner(model).anchors]))
     return model
 
 

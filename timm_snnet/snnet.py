@@ -12,7 +12,7 @@ from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 import timm
 import torch
 from timm.models import get_pretrained_cfg
-from timm.models._input import get_model_input_config, update_model_args
+from timm.models._input import get_model_input_config
 from timm.models._manipulate import checkpoint
 from torch import nn
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing as is_fx_tracing
@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .configs import Route, Rule, Segment, StitchConfig, assign_layers, enumerate_configs
 from .families import Family, Unit, family_for
+from .features import SNNetFeatures
 from .flops import AnchorCosts, anchor_costs, stitching_layer_cost
 from .stitching import LeastSquares, average_affine, create_stitching_layer, to_rows
 from .utils import eval_mode
@@ -67,7 +68,7 @@ def _image_batches(data: Union[torch.Tensor, Iterable], num_images: int, chunk: 
             return
 
 
-class SNNet(nn.Module):
+class SNNet(SNNetFeatures, nn.Module):
     """Stitchable Neural Network over a family of timm anchors (smallest first).
 
     Args:
@@ -150,6 +151,7 @@ class SNNet(nn.Module):
         self._cum_weights: list[float] = []
         self.set_sampling_weights(sampling_weights)
         self._stitch_id = len(anchors) - 1
+        self._pruned_to: Optional[int] = None  # set by prune_intermediate_layers: the one stitch left
         if stitch_id is not None:
             self.set_stitch(stitch_id)
         self.register_buffer('stitch_table_json', torch.zeros(0, dtype=torch.uint8, device=device))
@@ -230,6 +232,9 @@ class SNNet(nn.Module):
                              f'{valid}') from None
         if not 0 <= k < len(self._configs):
             raise ValueError(f'stitch id {k} out of range; {valid}')
+        if self._pruned_to is not None and k != self._pruned_to:
+            raise ValueError(f'stitch id {k} is gone: this SN-Net was pruned to stitch {self._pruned_to} '
+                             f'(prune_intermediate_layers / features_only)')
         return k
 
     def set_stitch(self, stitch_id: int) -> None:
@@ -243,6 +248,7 @@ class SNNet(nn.Module):
         weights = [float(w) for w in weights]
         if len(weights) != len(self._configs) or min(weights) < 0 or sum(weights) <= 0:
             raise ValueError(f'sampling weights need {len(self._configs)} non-negative values with a positive sum')
+        self._sampling_weights = None if len(set(weights)) == 1 else weights
         total, cum = 0.0, []
         for w in weights:
             total += w
@@ -273,8 +279,6 @@ class SNNet(nn.Module):
                 raise ValueError(f'stitch table rows need an integer `id` in 0..{len(self._configs) - 1}: {bad[:2]}')
         data = b'' if rows is None else json.dumps(rows, sort_keys=True).encode('utf-8')
         self.stitch_table_json = torch.tensor(list(data), dtype=torch.uint8, device=self.stitch_table_json.device)
-        if rows is not None or hasattr(self, '_model_args'):
-            update_model_args(self, stitch_table=rows)
 
     def _row_id(self, row: dict) -> Optional[int]:
         k = row.get('id')
@@ -336,20 +340,27 @@ class SNNet(nn.Module):
                     x = module(x)
         return x
 
+    def _check_route_input(self, route: Route, x: torch.Tensor) -> None:
+        if not is_fx_tracing():  # the input must suit every anchor on the path (pruned: only the stem is left to ask)
+            for anchor in dict.fromkeys(s.anchor for s in route.segments[:1 if self._pruned_to is not None else None]):
+                self._families[anchor].check_input(self.anchors[anchor], x)
+
+    def _finish(self, route: Route, x: torch.Tensor) -> torch.Tensor:
+        """The last anchor's final norm (skipped on stitched paths with `stitched_final_norm=False`)."""
+        if route.layers and not self.stitched_final_norm:
+            return x
+        return self._families[route.last.anchor].finish(self.anchors[route.last.anchor], x)
+
     def _features(self, x: torch.Tensor, stitch_id: int) -> torch.Tensor:
         route = self._routes[stitch_id]
-        if not is_fx_tracing():  # the input must suit every anchor on the path
-            for anchor in dict.fromkeys(s.anchor for s in route.segments):
-                self._families[anchor].check_input(self.anchors[anchor], x)
-        first, last = route.first, route.last
+        self._check_route_input(route, x)
+        first = route.first
         x = self._families[first.anchor].stem(self.anchors[first.anchor], x)
         x = self._run(first.anchor, x, first.start, first.stop)
         for layer, _, seg in route.joins():
             x = self.stitch_layers[layer](x)
             x = self._run(seg.anchor, x, seg.start, seg.stop)
-        if route.layers and not self.stitched_final_norm:
-            return x
-        return self._families[last.anchor].finish(self.anchors[last.anchor], x)
+        return self._finish(route, x)
 
     def _head(self, x: torch.Tensor, stitch_id: int, pre_logits: bool = False) -> torch.Tensor:
         last = self._routes[stitch_id].last.anchor
@@ -492,6 +503,26 @@ class SNNet(nn.Module):
                     for c in self.stitch_configs()]
         return select_stitch(rows, max_gflops=max_gflops, max_latency_ms=max_latency_ms, min_top1=min_top1,
                              latency=latency)
+
+    # --- timm model_args: what save_for_hf / push_to_hf_hub write to config.json ------------------------------------
+    def live_model_args(self) -> dict[str, Any]:
+        """Settings that change after construction, as create_model kwargs. timm reads `_model_args` when it saves,
+        and that merges these in, so timm's own save_for_hf / push_to_hf_hub keep the active stitch, the sampling
+        settings and the stitch table. Add new runtime settings here."""
+        args = dict(stitch_id=self._stitch_id, stitch_seed=self.stitch_seed,
+                    sampling_weights=self._sampling_weights, stitch_table=self.stitch_table)
+        if self.__dict__.get('_recorded_model_args', {}).get('pretrained_anchors'):
+            args['pretrained_anchors'] = False  # the anchors' weights are in the state dict now
+        return args
+
+    @property
+    def _model_args(self) -> dict[str, Any]:
+        """timm's reconstruction arguments, read when saving: those recorded at creation, with the live settings."""
+        return {**self.__dict__.get('_recorded_model_args', {}), **self.live_model_args()}
+
+    @_model_args.setter
+    def _model_args(self, args: dict[str, Any]) -> None:
+        self.__dict__['_recorded_model_args'] = dict(args)
 
     # --- timm contract ---------------------------------------------------------------------------------------------
     def get_classifier(self) -> nn.Module:

@@ -6,7 +6,7 @@ never learns what a ViT, Swin or ResNet is.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Sequence
 
 import torch
 from torch import nn
@@ -29,6 +29,10 @@ class Family:
     model_cls: type = nn.Module
     layout: Layout = 'tokens'
     stem_names: tuple[str, ...] = ()  # modules / parameters that run before the first unit
+    # feature extraction (timm's forward_intermediates semantics for the family)
+    taps: Literal['stage', 'block'] = 'stage'  # one feature per stage (at its end), or one per block (ViT)
+    norm_names: tuple[str, ...] = ()  # the final norm that `finish` applies
+    intermediate_fmts: tuple[str, ...] = ('NCHW',)  # output formats forward_intermediates can give
 
     def units(self, model: nn.Module) -> list[Unit]:
         raise NotImplementedError
@@ -45,6 +49,22 @@ class Family:
 
     def check_input(self, model: nn.Module, x: torch.Tensor) -> None:
         """Raise a clear ValueError for inputs the anchor cannot take."""
+
+    def stem_taps(self, model: nn.Module) -> list[dict]:
+        """timm feature_info entries that sit inside the stem (e.g. ResNet's `act1`); none by default."""
+        return []
+
+    def stem_intermediates(self, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The stem's output and its `stem_taps` features."""
+        return self.stem(model, x), []
+
+    def prune_stem(self, model: nn.Module) -> None:
+        """Make the stem end at its last tap (features pruned to a stem feature)."""
+
+    def intermediate(self, model: nn.Module, x: torch.Tensor, output_fmt: str, img_size: Sequence[int],
+                     reduction: int) -> torch.Tensor:
+        """A unit's output (`reduction` of the input `img_size`) as a feature in `output_fmt` (NCHW by default)."""
+        return x.permute(0, 3, 1, 2).contiguous() if self.layout == 'nhwc' else x
 
 
 _FAMILIES: list[Family] = []

@@ -1,6 +1,7 @@
 """ResNet adapter over timm's ResNet: NCHW maps, stages layer1..layer4, downsampling in each stage's block 0."""
 import torch
 from timm.models.resnet import ResNet
+from torch import nn
 
 from . import Family, Unit, register_family
 
@@ -19,4 +20,14 @@ class ResNetFamily(Family):
         return out
 
     def stem(self, model: ResNet, x: torch.Tensor) -> torch.Tensor:
-        return model.maxpool(model.act1(model.bn1(model.conv1(x))))
+        return self.stem_intermediates(model, x)[0]
+
+    def stem_taps(self, model: ResNet) -> list[dict]:
+        return [dict(model.feature_info[0])]  # act1, at reduction 2
+
+    def stem_intermediates(self, model: ResNet, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        x = model.act1(model.bn1(model.conv1(x)))
+        return model.maxpool(x), [x]
+
+    def prune_stem(self, model: ResNet) -> None:
+        model.maxpool = nn.Identity()

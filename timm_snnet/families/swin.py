@@ -10,6 +10,7 @@ class SwinFamily(Family):
     model_cls = SwinTransformer
     layout = 'nhwc'
     stem_names = ('patch_embed',)
+    norm_names = ('norm',)  # sized for the last stage: only the last stage's feature takes it
 
     def units(self, model: SwinTransformer) -> list[Unit]:
         """Block 0 of a stage also runs the stage's patch merging (identity in stage 0), as timm orders them."""

@@ -1,0 +1,214 @@
+"""Feature extraction for the SN-Net engine: timm's feature API for the active stitch.
+
+A stitch's feature pyramid follows from its route and the units' specs: the first anchor's stem features, then one
+feature per stage (at the end of the stage, wherever the route finishes it) or one per block (ViT), each with the
+channels and reduction of the anchor that computes it. `forward_intermediates`, `prune_intermediate_layers` and
+`feature_info` follow timm's semantics for the anchors' family, so timm's `FeatureGetterNet` (features_only) works.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Optional, Union
+
+import torch
+from timm.models._features import feature_take_indices
+from torch import nn
+
+from .configs import Route, Segment
+
+_FORMATS = {'tokens': 'NLC', 'nhwc': 'NHWC', 'nchw': 'NCHW'}
+
+
+@dataclass(frozen=True, eq=False)
+class Tap:
+    """One feature of a route: the output of unit `unit` in segment `segment` (unit None: a stem feature)."""
+    segment: int
+    unit: Optional[int]
+    info: dict  # timm feature_info entry: num_chs, reduction, module, stage
+
+
+def _under(name: str, prefixes: set[str]) -> bool:
+    return any(name == p or name.startswith(p + '.') for p in prefixes)
+
+
+class SNNetFeatures:
+    """timm's feature API over the active stitch; mixed into `SNNet` (it uses the engine's routes, units, families)."""
+
+    # --- the pyramid of a route --------------------------------------------------------------------------------------
+    def route_taps(self, route: Route) -> list[Tap]:
+        """The features a route computes, in order: stem features, then per stage (at its end) or per block."""
+        first = route.first
+        taps = [Tap(0, None, dict(num_chs=i['num_chs'], reduction=i['reduction'], stage=-1,
+                                  module=f'anchors.{first.anchor}.{i["module"]}'))
+                for i in self._families[first.anchor].stem_taps(self.anchors[first.anchor])]
+        for s, seg in enumerate(route.segments):
+            family, units = self._families[seg.anchor], self._units[seg.anchor]
+            for u in range(seg.start, seg.stop):
+                unit = units[u]
+                if family.taps == 'stage':
+                    if u + 1 < len(units) and units[u + 1].stage == unit.stage:
+                        continue  # not the end of its stage
+                    if taps and taps[-1].info['stage'] == unit.stage:
+                        taps.pop()  # a stitch inside this stage: the stage ends in the next segment
+                taps.append(Tap(s, u, dict(num_chs=unit.channels, reduction=unit.reduction, stage=unit.stage,
+                                           module=f'anchors.{seg.anchor}.{unit.modules[-1]}')))
+        return taps
+
+    @property
+    def feature_info(self) -> list[dict]:
+        """timm feature_info of the active stitch: channels, reduction and module of each feature it computes."""
+        return [dict(t.info) for t in self.route_taps(self._routes[self._stitch_id])]
+
+    @property
+    def output_fmt(self) -> str:
+        """Layout of `forward_features` for the active stitch (timm's attribute): NCHW, NHWC or NLC (tokens)."""
+        return _FORMATS[self._families[self._routes[self._stitch_id].last.anchor].layout]
+
+    @property
+    def pool_size(self) -> Optional[tuple[int, int]]:
+        """Spatial size of `forward_features` for the active stitch at the model's input size; None for tokens."""
+        route = self._routes[self._stitch_id]
+        if self._families[route.last.anchor].layout == 'tokens':
+            return None
+        r = self.route_taps(route)[-1].info['reduction']
+        return tuple(math.ceil(n / r) for n in self._input_size()[-2:])
+
+    # --- forward_intermediates ---------------------------------------------------------------------------------------
+    def _feature(self, route: Route, tap: Tap, x: torch.Tensor, norm: bool, output_fmt: str,
+                 img_size: tuple[int, int]) -> torch.Tensor:
+        anchor = route.segments[tap.segment].anchor
+        family, model = self._families[anchor], self.anchors[anchor]
+        # the final norm: on every block feature (ViT), else only on the anchor's last unit (timm's Swin)
+        if norm and tap.unit is not None and (family.taps == 'block' or tap.unit == len(self._units[anchor]) - 1):
+            x = family.finish(model, x)
+        return family.intermediate(model, x, output_fmt, img_size, tap.info['reduction'])
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, list[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[list[torch.Tensor], tuple[torch.Tensor, list[torch.Tensor]]]:
+        """The active stitch's features (`feature_info` order) and its `forward_features` output, as in timm.
+
+        Args:
+            indices: last n features if int, all if None, else these (negative from the end).
+            norm: apply the final norm to the features that take it (every block of a ViT, a Swin's last stage).
+            stop_early: stop after the last feature asked for (the final output is then the unnormed activation).
+            output_fmt: 'NCHW', or 'NLC' for ViT stitches.
+            intermediates_only: return the features only.
+        """
+        route = self._routes[self._stitch_id]
+        formats = [f for f in ('NCHW', 'NLC')
+                   if all(f in self._families[s.anchor].intermediate_fmts for s in route.segments)]
+        if output_fmt not in formats:
+            raise ValueError(f'output_fmt {output_fmt!r} is not available for stitch {self._stitch_id}: '
+                             f'valid formats are {formats}')
+        taps = self.route_taps(route)
+        take, max_index = feature_take_indices(len(taps), indices)
+        wanted = {(taps[i].segment, taps[i].unit): taps[i] for i in take}
+        stop = (taps[max_index].segment, taps[max_index].unit) if stop_early else None
+        self._check_route_input(route, x)
+        img_size = tuple(x.shape[-2:])
+
+        first = route.first
+        x, stem_features = self._families[first.anchor].stem_intermediates(self.anchors[first.anchor], x)
+        out = [self._feature(route, taps[i], f, norm, output_fmt, img_size)
+               for i, f in enumerate(stem_features) if i in take]
+        done = stop == (0, None)
+        for s, seg in enumerate(route.segments):
+            if done:
+                break
+            if s:
+                x = self.stitch_layers[route.layers[s - 1]](x)
+            for u in range(seg.start, seg.stop):
+                x = self._run(seg.anchor, x, u, u + 1)
+                if (s, u) in wanted:
+                    out.append(self._feature(route, wanted[(s, u)], x, norm, output_fmt, img_size))
+                if (s, u) == stop:
+                    done = True
+                    break
+        if intermediates_only:
+            return out
+        end = (len(route.segments) - 1, route.last.stop - 1)
+        return (self._finish(route, x) if stop is None or stop == end else x), out
+
+    # --- prune_intermediate_layers -----------------------------------------------------------------------------------
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, list[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> list[int]:
+        """Keep only what the active stitch needs up to its last wanted feature; returns the kept indices.
+
+        The SN-Net becomes a one-stitch feature extractor (as timm's features_only does): other anchors' parts and
+        stitching layers are removed, so every parameter left takes part in training (DDP), and other stitch ids
+        are refused. Features past the last index, the final norm (`prune_norm`) and the head (`prune_head`) go as
+        in timm.
+        """
+        k = self._stitch_id
+        route = self._routes[k]
+        taps = self.route_taps(route)
+        take, max_index = feature_take_indices(len(taps), indices)
+        tap, prune_end = taps[max_index], max_index < len(taps) - 1
+        if tap.unit is None:  # a stem feature: the stem ends there
+            self._families[route.first.anchor].prune_stem(self.anchors[route.first.anchor])
+            new = Route((Segment(route.first.anchor, 0, 0),))
+        else:
+            s = tap.segment
+            new = Route(route.segments[:s] + (replace(route.segments[s], stop=tap.unit + 1),), route.layers[:s])
+        if prune_end:  # features now end at the tap; a new head is sized for them
+            end = self.anchors[new.last.anchor]
+            end.num_features = end.head_hidden_size = tap.info['num_chs']
+        if prune_head or prune_end:
+            self.reset_classifier(0, '')
+        self._drop_except(self._path_names(new, norm=not prune_norm, end=not prune_end, head=not prune_head))
+        self._routes[k] = new
+        self._pruned_to = k
+        self.set_sampling_weights([float(i == k) for i in range(self.num_configs)])
+        self._off_path.clear()
+        self._costs.clear()
+        return take
+
+    def _path_names(self, route: Route, norm: bool, end: bool, head: bool) -> set[str]:
+        """Modules and parameters a route runs: stem, units, stitching layers, final norms and head as asked."""
+        keep = {f'stitch_layers.{layer}' for layer in route.layers}
+        for s, seg in enumerate(route.segments):
+            family, units, prefix = self._families[seg.anchor], self._units[seg.anchor], f'anchors.{seg.anchor}.'
+            keep.update(prefix + m for u in range(seg.start, seg.stop) for m in units[u].modules)
+            if s == 0:
+                keep.update(prefix + n for n in family.stem_names)
+            last = seg is route.last and end
+            if norm and (family.taps == 'block' or last):  # ViT features take their own anchor's norm
+                keep.update(prefix + n for n in family.norm_names)
+            if last and head:
+                owned = set(family.stem_names) | set(family.norm_names) | {m for u in units for m in u.modules}
+                keep.update(prefix + n for n, _ in self.anchors[seg.anchor].named_parameters()
+                            if not _under(n, owned))
+        return keep
+
+    def _drop_except(self, keep: set[str]) -> None:
+        """Remove every parameter outside `keep`, replacing the outermost module that holds nothing kept (inside an
+        anchor or the stitching-layer list) by nn.Identity, or setting a parameter of a kept module to None."""
+        for name in [n for n, _ in self.named_parameters()]:
+            parts = name.split('.')
+            if _under(name, keep) or not _exists(self, name):
+                continue
+            depth = 3 if parts[0] == 'anchors' else 2
+            while depth < len(parts) and any(k.startswith('.'.join(parts[:depth]) + '.') for k in keep):
+                depth += 1
+            owner = self.get_submodule('.'.join(parts[:depth - 1]))
+            setattr(owner, parts[depth - 1], None if depth == len(parts) else nn.Identity())
+
+
+def _exists(module: nn.Module, name: str) -> bool:
+    try:
+        module.get_parameter(name)
+    except AttributeError:
+        return False
+    return True
