@@ -333,8 +333,8 @@ def replay_validate(argv: list[str]) -> tuple[torch.nn.Module, float]:
 
 
 def _tiny_argv(argv: list[str], data: Path) -> list[str]:
-    """/data/mydata -> the generated folder; the tiny anchors' kwargs appended to --model-kwargs (kept last), and
-    for the scripts --img-size with them (README: the scripts do not pass it to the model)."""
+    """/data/mydata -> the generated folder; the tiny anchors' kwargs appended to --model-kwargs (kept last); for
+    the scripts --img-size with them (README: the scripts do not pass it to the model); one latency run per stitch."""
     argv = [str(data) if t == '/data/mydata' else t for t in argv]
     model = argv[argv.index('--model') + 1]
     if model in DEIT_TSB:
@@ -342,8 +342,8 @@ def _tiny_argv(argv: list[str], data: Path) -> list[str]:
     else:
         extra = KWARGS
     cut = argv.index('--model-kwargs') if '--model-kwargs' in argv else len(argv)
-    size = ['--img-size', str(SIZE)] if argv[1] == 'run' else []
-    return [*argv[:cut], *size, '--model-kwargs', *argv[cut + 1:], *extra]
+    size = {'run': ['--img-size', str(SIZE)], 'sweep': ['--latency-warmup', '0', '--latency-iters', '1']}
+    return [*argv[:cut], *size.get(argv[1], []), '--model-kwargs', *argv[cut + 1:], *extra]
 
 
 def test_readme_stitch_your_own_anchors_commands(tmp_path, monkeypatch, capsys) -> None:
