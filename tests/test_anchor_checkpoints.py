@@ -12,6 +12,8 @@ import timm
 import torch
 import torch.nn.functional as F
 from conftest import TINY, tiny
+from hub_fixtures import hub_endpoint, hub_server  # noqa: F401 (fixtures)
+from huggingface_hub import HfApi
 from image_folder import make_image_folder
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -20,7 +22,7 @@ from timm.data.model_config import resolve_input_data_config
 from timm.models import load_checkpoint, save_for_hf
 from timm.utils import CheckpointSaver, ModelEmaV3, ParseKwargs, get_outdir
 
-from timm_snnet.anchors import AnchorCheckpointError, load_anchor_checkpoints
+from timm_snnet.anchors import AnchorCheckpointError, anchor_checkpoint_records, load_anchor_checkpoints
 from timm_snnet.cli import main
 from timm_snnet.hub import save_snnet
 from timm_snnet.models import DEIT_TSB
@@ -115,6 +117,17 @@ def test_ema_prefix_module_prefix_and_none(anchors, tmp_path) -> None:
     built = tiny(NAME, num_classes=CLASSES)  # None: the anchor as built (same seed, same init)
     for a, b in zip(model.anchors[2].state_dict().values(), built.anchors[2].state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_hf_hub_anchor(anchors, hub_endpoint: str) -> None:  # noqa: F811
+    """A fine-tuned anchor pushed to the Hub (here a local Hub server) as timm saves it: read by timm's loaders."""
+    HfApi().create_repo('me/deit-b-mine')
+    HfApi().upload_folder(repo_id='me/deit-b-mine', folder_path=str(anchors['root'] / 'b'))
+    specs = [*anchors['specs'][:2], 'hf-hub:me/deit-b-mine']
+    model = tiny(NAME, num_classes=CLASSES, anchor_checkpoints=specs)
+    assert_anchors_equal(model, anchors['models'], images())
+    records = anchor_checkpoint_records(specs, 3)
+    assert [r['sha256'] for r in records] == [file_sha256(p) for p in anchors['files']]  # the cached copy's hash
 
 
 def _only_first(spec: str) -> list:
