@@ -178,6 +178,7 @@ def _bad_files(anchors, tmp_path) -> dict:
     ('ema:no_ema.pth.tar', dict(num_classes=CLASSES), r'no_ema.pth.tar.*has no EMA weights'),
     ('ema:s.safetensors', dict(num_classes=CLASSES), r'holds one state dict: drop the prefix'),
     ('nowhere.pth', dict(num_classes=CLASSES), r"'.*nowhere.pth': no such file"),
+    ('', dict(num_classes=CLASSES), r'is a folder: pass local-dir:'),
 ])
 def test_bad_anchor_checkpoint_clear_error_and_no_model(anchors, tmp_path, case, kwargs, match) -> None:
     files = {**_bad_files(anchors, tmp_path), 'ti': anchors['specs'][0], 'local-dir:b': anchors['specs'][2],

@@ -60,6 +60,9 @@ class AnchorSource:
             raise AnchorCheckpointError(
                 f'{text!r}: the {EMA_PREFIX!r} prefix picks the state_dict_ema of a train.py checkpoint; a '
                 f'{"timm model" if kind != "file" else ".safetensors file"} holds one state dict: drop the prefix')
+        if kind == 'file' and Path(location).is_dir():
+            raise AnchorCheckpointError(f'anchor checkpoint {location!r} is a folder: pass local-dir:{location} for a '
+                                        f'timm model saved with save_for_hf, or the checkpoint file in it')
         if kind == 'file' and not Path(location).is_file():
             raise AnchorCheckpointError(f'anchor checkpoint {location!r}: no such file (pass a train.py checkpoint, '
                                         f'a .safetensors file, hf-hub:ORG/NAME or local-dir:DIR)')
