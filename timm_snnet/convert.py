@@ -1,9 +1,10 @@
 """`timm-snnet convert --from official-v1`: the authors' released SN-Net v1 checkpoints in this package's layout.
 
 The official files (snnet_deit.pth, snnet_swin.pth, resnet_18_50.pth, resnet18_swin_ti.pth) are pickled training
-checkpoints. They are read with `torch.load(weights_only=True)`: tensors and plain containers, plus two allowances for
-the pickled run configuration, `argparse.Namespace` (DeiT and ResNet `args`) and yacs `CfgNode` (Swin `config`), which
-is rebuilt as a plain OrderedDict: its class is never imported or run. Anything else fails, naming the globals.
+checkpoints. They are read with `checkpoint.read_pickle` (`torch.load(weights_only=True)`, the allowlist shared with
+`anchor_checkpoints`): tensors and plain containers, plus two allowances for the pickled run configuration,
+`argparse.Namespace` (DeiT and ResNet `args`) and yacs `CfgNode` (Swin `config`), which is rebuilt as a plain
+OrderedDict: its class is never imported or run. Anything else fails, naming the globals.
 
 The mapping (from the authors' code):
 - anchors: `anchors.{i}.<key>` are timm keys for DeiT and ResNet (split-BN `.aux_bn.` copies are dropped); the
@@ -19,10 +20,9 @@ the authors gave a stitch the layer at its position in the stage's list (`layer_
 from __future__ import annotations
 
 import argparse
-import pickle
 import shutil
 import tempfile
-from collections import Counter, OrderedDict
+from collections import Counter
 from pathlib import Path
 from typing import Any, Union
 
@@ -32,6 +32,7 @@ from safetensors.torch import load_file
 from timm.models.swin_transformer import SwinTransformer
 from timm.models.swin_transformer import checkpoint_filter_fn as swin_filter_fn
 
+from .checkpoint import UnsafeCheckpointError, read_pickle
 from .families import family_for
 from .hub import save_snnet
 from .snnet import SNNet
@@ -56,17 +57,6 @@ class ConversionError(ValueError):
     """An official checkpoint that cannot be converted exactly (unreadable, unmapped or missing keys)."""
 
 
-class _ConfigAsDict:
-    """Stands in for a pickled config class (yacs CfgNode): its content is rebuilt as a plain OrderedDict."""
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> OrderedDict:
-        return OrderedDict()
-
-
-SAFE_GLOBALS = [argparse.Namespace, (_ConfigAsDict, 'yacs.config.CfgNode')]
-
-
-
 def load_official(path: PathLike) -> dict[str, torch.Tensor]:
     """The model state dict (`model` or `state_dict` entry, `module.` stripped) of an official checkpoint."""
     path = Path(path)
@@ -75,15 +65,9 @@ def load_official(path: PathLike) -> dict[str, torch.Tensor]:
     if path.suffix == '.safetensors':
         return load_file(str(path))
     try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
-            ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as e:
-        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-        other = [g for g in unsafe if g not in ('argparse.Namespace', 'yacs.config.CfgNode')]
-        raise ConversionError(
-            f'{path} holds pickled objects that weights_only=True does not build ({", ".join(other) or e}). '
-            f'convert reads tensors, argparse.Namespace and yacs CfgNode only and never unpickles arbitrary code. '
-            f'Only if you trust the file: save its state dict as .safetensors yourself and convert that file.') from e
+        ckpt = read_pickle(path)
+    except UnsafeCheckpointError as e:
+        raise ConversionError(str(e)) from e
     state = ckpt
     for key in ('model', 'state_dict'):
         if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):

@@ -155,6 +155,8 @@ def pretrained_kwargs(variant: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     kwargs = dict(kwargs)
     if kwargs.pop('pretrained_anchors', False):
         _logger.info('pretrained=True: the SN-Net weights hold the anchors, ignoring pretrained_anchors=True')
+    if kwargs.pop('anchor_checkpoints', None) is not None:
+        _logger.info('pretrained=True: the SN-Net weights hold the anchors, ignoring anchor_checkpoints')
     cfg = _pretrained_cfg(variant, kwargs)
     if cfg.get('source') in ('hf-hub', 'local-dir'):
         return kwargs  # timm built these kwargs from that config.json already
@@ -165,7 +167,7 @@ def pretrained_kwargs(variant: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     with load_errors(src, variant):
         _, arch, saved = load_model_config_from_hf(weights.location, cache_dir=kwargs.get('cache_dir'))
     _check_architecture(arch, src, expected=variant)
-    saved = {k: v for k, v in (saved or {}).items() if k != 'pretrained_anchors'}
+    saved = {k: v for k, v in (saved or {}).items() if k not in ('pretrained_anchors', 'anchor_checkpoints')}
     return {**saved, **kwargs}
 
 

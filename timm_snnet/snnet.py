@@ -18,6 +18,7 @@ from torch import nn
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing as is_fx_tracing
 from tqdm.auto import tqdm
 
+from .anchors import load_anchor_checkpoints, parse_anchor_checkpoints
 from .configs import Route, Rule, Segment, StitchConfig, assign_layers, enumerate_configs
 from .families import Family, Unit, family_for
 from .features import SNNetFeatures
@@ -84,7 +85,9 @@ class SNNet(SNNetFeatures, nn.Module):
         sampling_weights: relative sampling weight of each config in training; default uniform.
         stitched_final_norm: stitched paths end with the back anchor's final norm (False reproduces SN-Net v1 DeiT).
         stitch_table: measured results per config (rows of a sweep), carried in checkpoints for `select_stitch`.
-        pretrained_anchors: load each anchor's own timm pretrained weights.
+        pretrained_anchors: load each anchor's own timm pretrained weights (anchors without a checkpoint).
+        anchor_checkpoints: one entry per anchor: a train.py checkpoint (`ema:PATH` for its EMA weights), a
+            `.safetensors` file, `hf-hub:`/`local-dir:` timm model, or None; loaded strictly (see `anchors.py`).
         num_classes, in_chans, drop_rate, drop_path_rate, global_pool: passed to every anchor.
         img_size: passed to the anchors with a fixed input size (timm's rule for `img_size`).
     """
@@ -105,6 +108,7 @@ class SNNet(SNNetFeatures, nn.Module):
             stitched_final_norm: bool = True,
             stitch_table: Optional[Sequence[dict]] = None,
             pretrained_anchors: bool = False,
+            anchor_checkpoints: Optional[Sequence[Optional[str]]] = None,
             num_classes: int = 1000,
             in_chans: int = 3,
             drop_rate: float = 0.,
@@ -123,9 +127,13 @@ class SNNet(SNNetFeatures, nn.Module):
             raise ValueError(f'anchor_kwargs has {len(anchor_kwargs)} entries for {len(anchors)} anchors')
         common = dict(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate, drop_path_rate=drop_path_rate,
                       global_pool=global_pool, img_size=img_size, device=device, dtype=dtype)
+        sources = parse_anchor_checkpoints(anchor_checkpoints, len(anchors))  # bad entries fail before any download
         self.anchors = nn.ModuleList([
-            timm.create_model(name, pretrained=pretrained_anchors, **{**_shared_kwargs(name, common), **kw})
-            for name, kw in zip(anchors, anchor_kwargs)])
+            timm.create_model(name, pretrained=pretrained_anchors and src is None,
+                              **{**_shared_kwargs(name, common), **kw})
+            for name, kw, src in zip(anchors, anchor_kwargs, sources)])
+        if anchor_checkpoints is not None:
+            load_anchor_checkpoints(self.anchors, anchors, anchor_checkpoints)
         self.anchor_names = tuple(names or (n.split('.')[0] for n in anchors))
         if len(self.anchor_names) != len(anchors):
             raise ValueError(f'{len(self.anchor_names)} names for {len(anchors)} anchors')
@@ -511,8 +519,11 @@ class SNNet(SNNetFeatures, nn.Module):
         settings and the stitch table. Add new runtime settings here."""
         args = dict(stitch_id=self._stitch_id, stitch_seed=self.stitch_seed,
                     sampling_weights=self._sampling_weights, stitch_table=self.stitch_table)
-        if self.__dict__.get('_recorded_model_args', {}).get('pretrained_anchors'):
+        recorded = self.__dict__.get('_recorded_model_args', {})
+        if recorded.get('pretrained_anchors'):
             args['pretrained_anchors'] = False  # the anchors' weights are in the state dict now
+        if recorded.get('anchor_checkpoints') is not None:
+            args['anchor_checkpoints'] = None  # likewise; and their paths are machine-specific
         return args
 
     @property

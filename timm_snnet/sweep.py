@@ -45,6 +45,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 from tqdm.auto import tqdm
 
+from .anchors import AnchorCheckpointError, anchor_checkpoint_records
 from .selection import LATENCY_KEYS, pareto_front, parse_stitches, select_stitch
 from .utils import file_sha256
 
@@ -76,6 +77,8 @@ def _create(model_name: str, model_kwargs: Optional[dict], num_classes: Optional
         model = timm.create_model(model_name, **kwargs)
     except TypeError as e:
         raise SystemExit(f'cannot create {model_name} with kwargs {kwargs}: {e}') from e
+    except AnchorCheckpointError as e:
+        raise SystemExit(f'cannot create {model_name}: {e}') from e
     if not hasattr(model, 'stitch_configs'):
         raise SystemExit(f'{model_name} is not an SN-Net (no stitch configs); use one of timm.list_models("snnet_*")')
     return model
@@ -188,6 +191,7 @@ def init_checkpoint(
         model_kwargs: Optional[dict] = None,
         num_classes: Optional[int] = None,
         pretrained_anchors: bool = False,
+        anchor_checkpoints: Optional[Sequence[Optional[str]]] = None,
         num_images: int = 100,
         batch_size: int = 25,
         split: str = 'train',
@@ -199,7 +203,9 @@ def init_checkpoint(
     """LS-init the stitching layers on `num_images` training images (seeded sample, eval transforms); save safetensors.
 
     The file is a plain state dict, so train.py loads it with `--initial-checkpoint` (timm's `load_checkpoint` reads
-    `.safetensors` by extension). Train with the same `--model-kwargs` and `--num-classes`.
+    `.safetensors` by extension). Train with the same `--model-kwargs` and `--num-classes`. With `anchor_checkpoints`
+    the anchors come from the user's files (see `timm_snnet.anchors`); the init file holds them, and its metadata
+    records each file's sha256, so training needs only the init file.
     """
     from safetensors.torch import save_file
 
@@ -209,7 +215,12 @@ def init_checkpoint(
     if num_images < 1:
         raise SystemExit(f'--num-images must be >= 1, got {num_images}')
     dataset = _dataset(data_dir, split, (model_kwargs or {}).get('in_chans', 3))
+    model_kwargs = dict(model_kwargs or {})
+    anchor_checkpoints = anchor_checkpoints if anchor_checkpoints is not None else \
+        model_kwargs.pop('anchor_checkpoints', None)
     extra = {'pretrained_anchors': True} if pretrained_anchors else {}
+    if anchor_checkpoints is not None:
+        extra['anchor_checkpoints'] = list(anchor_checkpoints)
     model = _create(model_name, model_kwargs, num_classes, **extra)
     dev = _device(device)
     model.to(dev)
@@ -222,6 +233,8 @@ def init_checkpoint(
     meta = dict(model=model_name, model_kwargs=json.dumps(_jsonable(model_kwargs or {})),
                 num_classes=str(model.num_classes), init_images=str(take), data_dir=str(os.path.abspath(data_dir)),
                 split=split, seed=str(seed))
+    if anchor_checkpoints is not None:
+        meta['anchor_checkpoints'] = json.dumps(anchor_checkpoint_records(anchor_checkpoints, len(model.anchors)))
     output.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(output), metadata=meta)
     return output
@@ -497,12 +510,19 @@ def _model_kwargs_arg(p: argparse.ArgumentParser) -> None:
                    help="create_model kwargs, as train.py's --model-kwargs (e.g. img_size=384 stitch_seed=1)")
 
 
+def _anchor_list(tokens: Optional[Sequence[str]]) -> Optional[list[Optional[str]]]:
+    """--anchor-checkpoints tokens; `none` leaves that anchor as built."""
+    return None if tokens is None else [None if t.lower() == 'none' else t for t in tokens]
+
+
 def _cmd_init(args: argparse.Namespace) -> int:
     out = init_checkpoint(
         args.model, args.data_dir, args.output, model_kwargs=args.model_kwargs, num_classes=args.num_classes,
-        pretrained_anchors=args.pretrained_anchors, num_images=args.num_images, batch_size=args.batch_size,
-        split=args.split, seed=args.seed, device=args.device, workers=args.workers)
-    kw = ' '.join(shlex.quote(f'{k}={v!r}') for k, v in args.model_kwargs.items())
+        pretrained_anchors=args.pretrained_anchors, anchor_checkpoints=_anchor_list(args.anchor_checkpoints),
+        num_images=args.num_images, batch_size=args.batch_size, split=args.split, seed=args.seed,
+        device=args.device, workers=args.workers)
+    kw = ' '.join(shlex.quote(f'{k}={v!r}') for k, v in args.model_kwargs.items()
+                  if k != 'anchor_checkpoints')  # the init file holds the anchors
     classes = f' --num-classes {args.num_classes}' if args.num_classes else ''
     print(f'wrote {out}\ntrain with: timm-snnet run train.py {shlex.quote(str(args.data_dir))} --model {args.model} '
           f'--initial-checkpoint {shlex.quote(str(out))}{classes} ...{f" --model-kwargs {kw}" if kw else ""}')
@@ -560,6 +580,10 @@ def add_commands(subparsers) -> None:
     p.add_argument('--data-dir', required=True, help='ImageFolder root (uses DIR/train if present)')
     p.add_argument('--output', required=True, help='output .safetensors (train.py --initial-checkpoint)')
     p.add_argument('--pretrained-anchors', action='store_true', help="load each anchor's timm pretrained weights")
+    p.add_argument('--anchor-checkpoints', nargs='+', default=None, metavar='CKPT',
+                   help='one per anchor, smallest first: train.py checkpoint (ema:PATH for its EMA weights), '
+                        '.safetensors, hf-hub:ORG/NAME or local-dir:DIR; none leaves an anchor as built. Loaded '
+                        'strictly; pass --num-classes when the anchors were trained on other than 1000 classes')
     p.add_argument('--num-images', type=int, default=100, help='calibration images (default 100, as the paper)')
     p.add_argument('--num-classes', type=int, default=None, help='as train.py --num-classes')
     p.add_argument('--batch-size', type=int, default=25)
