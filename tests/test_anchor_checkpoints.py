@@ -212,11 +212,10 @@ def test_saved_snnet_does_not_need_the_anchor_files(anchors, tmp_path) -> None:
     shutil.copytree(anchors['root'], moved)
     specs = [s.replace(str(anchors['root']), str(moved)) for s in anchors['specs']]
     model = tiny(NAME, num_classes=CLASSES, anchor_checkpoints=specs, stitch_id=5).eval()
-    assert model._model_args['anchor_checkpoints'] == specs
     save_snnet(model, tmp_path / 'ours', readme=False)
-    save_for_hf(model, tmp_path / 'plain', safe_serialization=True)  # timm's own: keeps the recorded paths
-    assert json.loads((tmp_path / 'ours' / 'config.json').read_text())['model_args']['anchor_checkpoints'] is None
-    assert json.loads((tmp_path / 'plain' / 'config.json').read_text())['model_args']['anchor_checkpoints'] == specs
+    save_for_hf(model, tmp_path / 'plain', safe_serialization=True)  # timm's own reads the live model_args too
+    for folder in ('ours', 'plain'):  # the weights are in the file: no machine-specific anchor paths are saved
+        assert json.loads((tmp_path / folder / 'config.json').read_text())['model_args']['anchor_checkpoints'] is None
     shutil.rmtree(moved)
     x = images()
     with torch.no_grad():
