@@ -493,6 +493,13 @@ class SNNet(nn.Module):
         return select_stitch(rows, max_gflops=max_gflops, max_latency_ms=max_latency_ms, min_top1=min_top1,
                              latency=latency)
 
+    # --- deployment ------------------------------------------------------------------------------------------------
+    def export_stitch(self, stitch_id: int) -> nn.Module:
+        """Config `stitch_id` as a plain timm model holding only its path's weights (see `timm_snnet.export`)."""
+        from .export import export_stitch
+
+        return export_stitch(self, stitch_id)
+
     # --- timm contract ---------------------------------------------------------------------------------------------
     def get_classifier(self) -> nn.Module:
         return self.anchors[self._routes[self._stitch_id].last.anchor].get_classifier()
