@@ -13,7 +13,6 @@ are never allocated, and the weights are held once.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -25,7 +24,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import timm
 import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, register_model
-from timm.models._input import get_model_input_config, update_model_args
+from timm.models._input import get_model_input_config
 from timm.models._manipulate import reinit_non_persistent_buffers
 from torch import nn
 from tqdm.auto import tqdm
@@ -44,7 +43,8 @@ def _owned(name: str, prefixes: Sequence[str]) -> bool:
     return any(name == p or name.startswith(p + '.') for p in prefixes)
 
 
-def _keep_fn(family: Family, units: list, spans: list[tuple[int, int]], stem: bool, head: bool) -> Callable[[str], bool]:
+def _keep_fn(family: Family, units: list, spans: list[tuple[int, int]], stem: bool,
+             head: bool) -> Callable[[str], bool]:
     """Which of an anchor's tensors a route runs: its units in `spans`, the stem if it starts the route, and the head
     (everything that is neither stem nor unit, as the FLOPs/params table counts it) if it ends the route."""
     run = [m for start, stop in spans for u in units[start:stop] for m in u.modules] + list(family.stem_names) * stem
@@ -336,3 +336,339 @@ def export_stitch(model: nn.Module, stitch_id: int) -> ExportedStitch:
             state[f'stitch_layers.{layer[int(index)]}.{sub}'] = tensor
     stitch.load_state_dict({n: state[n].detach().clone() for n in stitch.state_dict()})
     return stitch.train(model.training)
+
+
+# --- ONNX ----------------------------------------------------------------------------------------------------------
+def _need(module: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise SystemExit(f'{module} is not installed: pip install "timm-snnet[export]" (onnx, onnxruntime, '
+                         f'onnxscript)') from e
+
+
+def example_input(model: nn.Module, batch_size: int = 1, seed: int = 0) -> torch.Tensor:
+    """A random batch at the model's input size, on its device and in its dtype."""
+    param = next(model.parameters())
+    size = get_model_input_config(model)['input_size']
+    x = torch.randn(batch_size, *size, generator=torch.Generator().manual_seed(seed))
+    return x.to(param.device, param.dtype)
+
+
+def export_onnx(model: nn.Module, path: PathLike, opset: Optional[int] = None) -> Path:
+    """Write `model` to one ONNX file with a dynamic batch axis (`input` -> `logits`) and check it with onnx.checker.
+
+    Uses torch's dynamo-based exporter (`torch.export`, the default and supported one since torch 2.9; the
+    TorchScript exporter is deprecated).
+    """
+    onnx = _need('onnx')
+    _need('onnxscript')
+    path = Path(path)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            torch.onnx.export(model, (example_input(model, 2),), str(path), dynamo=True, external_data=False,
+                              input_names=['input'], output_names=['logits'], opset_version=opset, verbose=False,
+                              dynamic_shapes=({0: torch.export.Dim('batch')},))
+    finally:
+        model.train(was_training)
+    onnx.checker.check_model(str(path), full_check=True)
+    return path
+
+
+def check_onnx(path: PathLike, model: nn.Module, x: torch.Tensor) -> float:
+    """Max abs difference between onnxruntime (CPU) and the eager model on `x`."""
+    ort = _need('onnxruntime')
+    session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    out = session.run(None, {session.get_inputs()[0].name: x.detach().float().cpu().numpy()})[0]
+    with torch.no_grad():
+        ref = model.eval()(x)
+    return float((torch.from_numpy(out) - ref.float().cpu()).abs().max())
+
+
+# --- latency profile -----------------------------------------------------------------------------------------------
+def _sync(device: torch.device) -> Callable[[], None]:
+    if device.type == 'cuda':
+        return torch.cuda.synchronize
+    if device.type == 'mps':
+        return torch.mps.synchronize
+    return lambda: None
+
+
+def _timed(fn: Callable[[], Any], threads: int, min_run_time: float) -> float:
+    """Median seconds per call (torch.utils.benchmark, blocked runs after its own block-size estimate)."""
+    from torch.utils import benchmark
+
+    timer = benchmark.Timer(stmt='fn()', globals={'fn': fn}, num_threads=threads)
+    return timer.blocked_autorange(min_run_time=min_run_time).median
+
+
+def profile(
+        model: nn.Module,
+        stitches: Optional[Sequence[int]] = None,
+        batch_sizes: Sequence[int] = (1, 8),
+        device: Union[str, torch.device] = 'cpu',
+        threads: Optional[int] = None,
+        compile: bool = False,
+        warmup: int = 3,
+        rounds: int = 3,
+        min_run_time: float = 0.1,
+        progress: bool = True,
+) -> list[dict]:
+    """Median latency (ms) of each config at each batch size on `device`: rows `latency_ms_b{n}` in the sweep format.
+
+    Eager configs run as `model(x, stitch_id=k)` in interleaved rounds (each round times every config and batch
+    size once; the result is the median over rounds). With `compile`, each config is exported and compiled on its
+    own (`torch.compile` of `export_stitch(k)`), warmed up, then timed in rounds over the batch sizes.
+    """
+    device = torch.device(device)
+    stitches = list(range(model.num_configs)) if stitches is None else [model._check_id(k) for k in stitches]
+    if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
+        raise ValueError(f'batch sizes must be positive integers, got {list(batch_sizes)}')
+    threads = threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    sync = _sync(device)
+    model = model.to(device).eval()
+    inputs = {b: example_input(model, b) for b in batch_sizes}
+
+    def runner(net: nn.Module, b: int, **kw: Any) -> Callable[[], None]:
+        def run() -> None:
+            with torch.inference_mode():
+                net(inputs[b], **kw)
+            sync()
+        return run
+
+    times: dict[tuple[int, int], list[float]] = {(k, b): [] for k in stitches for b in batch_sizes}
+    groups = [[k] for k in stitches] if compile else [stitches]
+    bar = tqdm(total=len(times) * rounds, desc='profile', unit='run', disable=not progress)
+    for group in groups:
+        if compile:
+            net = torch.compile(model.export_stitch(group[0]).eval())
+            fns = {(group[0], b): runner(net, b) for b in batch_sizes}
+        else:
+            fns = {(k, b): runner(model, b, stitch_id=k) for k in group for b in batch_sizes}
+        for fn in fns.values():
+            for _ in range(warmup):
+                fn()
+        for _ in range(rounds):
+            for key, fn in fns.items():
+                times[key].append(_timed(fn, threads, min_run_time))
+                bar.update()
+    bar.close()
+    configs = model.stitch_configs()
+    rows = []
+    for k in stitches:
+        c = configs[k]
+        row = dict(id=k, path=model.describe(c), gflops=round(c.gflops, 6), params=int(c.params))
+        row.update({f'latency_ms_b{b}': round(1e3 * statistics.median(times[(k, b)]), 4) for b in batch_sizes})
+        big = [b for b in batch_sizes if b != 1]
+        if big:
+            row['latency_ms_bN'] = row[f'latency_ms_b{max(big)}']
+        rows.append(row)
+    return rows
+
+
+def profile_header(model_name: str, model_kwargs: dict, device: torch.device, batch_sizes: Sequence[int],
+                   threads: int, compile: bool, warmup: int, rounds: int) -> dict[str, Any]:
+    from .sweep import _device_name
+
+    return dict(device=str(device), device_name=_device_name(device), batch_sizes=list(batch_sizes), threads=threads,
+                compile=compile, warmup=warmup, rounds=rounds, stat='median', timer='torch.utils.benchmark',
+                torch=torch.__version__, date=time.strftime('%Y-%m-%d %H:%M:%S %Z'))
+
+
+def merge_latency(sweep_json: PathLike, rows: Sequence[dict], profile_info: dict, model_name: str) -> dict[str, Any]:
+    """Put profiled latencies into an existing sweep.json (its rows keep their accuracies); returns the result."""
+    from .sweep import load_sweep
+
+    result = load_sweep(sweep_json)
+    if result.get('model') and result['model'] != model_name:
+        raise SystemExit(f'{sweep_json} was measured on {result["model"]}, not {model_name}')
+    big = [b for b in profile_info['batch_sizes'] if b != 1]
+    n = result.get('batch_size')
+    if n is not None and big and max(big) != n:
+        raise SystemExit(f'{sweep_json} holds latency_ms_bN at batch {n}, but the largest profiled batch is '
+                         f'{max(big)}: profile with --batch-sizes 1,{n}')
+    by_id = {r['id']: r for r in rows}
+    for row in result['rows']:
+        new = by_id.get(row['id'])
+        if new is None:
+            continue
+        if 'path' in row and row['path'] != new['path']:
+            raise SystemExit(f'{sweep_json}: row {row["id"]} is {row["path"]!r} but config {row["id"]} of this model '
+                             f'is {new["path"]!r}: the sweep was measured on another model')
+        row.update({k: v for k, v in new.items() if k.startswith('latency_ms_')})
+    result['profile'] = profile_info
+    if n is None and big:
+        result['batch_size'] = max(big)
+    return result
+
+
+# --- command line --------------------------------------------------------------------------------------------------
+def _load(args: argparse.Namespace) -> nn.Module:
+    from .hub import load_snnet, model_from_checkpoint
+
+    if args.checkpoint:
+        return model_from_checkpoint(args.model, args.checkpoint, args.model_kwargs, args.num_classes)
+    if args.pretrained:
+        kwargs = {**args.model_kwargs, **({'num_classes': args.num_classes} if args.num_classes else {})}
+        return load_snnet(args.model, pretrained=True, **kwargs)
+    raise SystemExit(f'{args.command} needs the SN-Net weights: --checkpoint PATH or --pretrained')
+
+
+def _pick(model: nn.Module, args: argparse.Namespace) -> int:
+    from .sweep import load_sweep
+
+    try:
+        if args.stitch is not None:
+            return model._check_id(args.stitch)
+        rows = load_sweep(args.sweep)['rows'] if args.sweep else None
+        return model.select_stitch(max_gflops=args.max_gflops, max_latency_ms=args.max_latency_ms, table=rows,
+                                   latency=args.latency)
+    except ValueError as e:
+        raise SystemExit(f'export: {e}') from e
+
+
+def _write_folder(output: Path, write: Callable[[Path], None]) -> None:
+    """Write into a new sibling folder, then move it into place: a failure leaves nothing half written."""
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise SystemExit(f'--output {output} exists and is not an empty folder: pick a new one')
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{output.name}.', dir=output.parent))
+    try:
+        write(tmp)
+        if output.exists():
+            output.rmdir()
+        os.replace(tmp, output)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from timm.models import save_for_hf
+    from timm.models._hub import save_config_for_hf
+
+    model = _load(args)
+    k = _pick(model, args)
+    stitch = model.export_stitch(k).eval()
+    c = model.stitch_configs()[k]
+    output = Path(args.output)
+    note = ''
+    if args.format == 'onnx':
+        def write(folder: Path) -> None:
+            nonlocal note
+            export_onnx(stitch, folder / 'model.onnx', opset=args.opset)
+            save_config_for_hf(stitch, folder / 'config.json')
+            if not args.no_verify:
+                diff = check_onnx(folder / 'model.onnx', stitch, example_input(stitch, 2))
+                if diff > args.atol:
+                    raise SystemExit(f'export: onnxruntime differs from eager by {diff:.2e} (> --atol {args.atol})')
+                note = f'; onnxruntime matches eager within {diff:.1e}'
+        _write_folder(output, write)
+        how = f'onnxruntime.InferenceSession("{output / "model.onnx"}"); preprocessing in config.json'
+    else:
+        _write_folder(output, lambda folder: save_for_hf(stitch, folder, safe_serialization=True))
+        how = f'timm.create_model("local-dir:{output}", pretrained=True)'
+    print(f'wrote {output}: config {k} `{model.describe(c)}`, {c.params / 1e6:.2f}M params, {c.gflops:.3f} GFLOPs'
+          f'{note}\nload it with {how}')
+    return 0
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from .selection import parse_stitches
+    from .sweep import _device, _jsonable, write_results
+
+    try:
+        batch_sizes = sorted({int(b) for b in args.batch_sizes.split(',')})
+    except ValueError:
+        raise SystemExit(f'--batch-sizes takes a comma list of integers, e.g. 1,8; got {args.batch_sizes!r}') from None
+    if not batch_sizes or batch_sizes[0] < 1:
+        raise SystemExit(f'--batch-sizes must be positive, got {args.batch_sizes!r}')
+    if args.threads is not None and args.threads < 1:
+        raise SystemExit(f'--threads must be >= 1, got {args.threads}')
+    if args.rounds < 1 or args.warmup < 0:
+        raise SystemExit(f'--rounds must be >= 1 and --warmup >= 0, got {args.rounds} and {args.warmup}')
+    device = _device(args.device)
+    if device.type == 'mps' and not torch.backends.mps.is_available():
+        raise SystemExit(f'--device {args.device} asked for MPS, but torch sees none; use --device cpu')
+    model = _load(args)
+    try:
+        stitches = parse_stitches(args.stitches, model.num_configs)
+    except ValueError as e:
+        raise SystemExit(f'profile: {e}') from e
+    threads = args.threads or torch.get_num_threads()
+    rows = profile(model, stitches, batch_sizes, device, threads, args.compile, args.warmup, args.rounds,
+                   args.min_run_time)
+    info = profile_header(args.model, args.model_kwargs, device, batch_sizes, threads, args.compile, args.warmup,
+                          args.rounds)
+    if args.merge:
+        result = merge_latency(args.merge, rows, info, args.model)
+        out = Path(args.merge)
+        out = out if out.is_dir() else out.parent
+    else:
+        big = [b for b in batch_sizes if b != 1]
+        result = dict(model=args.model, model_kwargs=_jsonable(args.model_kwargs),
+                      checkpoint=dict(path=str(Path(args.checkpoint).resolve())) if args.checkpoint else None,
+                      device=str(device), device_name=info['device_name'], batch_size=max(big) if big else 1,
+                      anchors=[c.id for c in model.stitch_configs() if c.is_anchor], profile=info, rows=rows)
+        out = Path(args.output)
+    write_results(out, result)
+    print(f'wrote {out / "sweep.json"} and {out / "sweep.csv"} ({len(rows)} configs, batch sizes '
+          f'{",".join(map(str, batch_sizes))}, {info["device_name"]}); pick one with '
+          f'`timm-snnet select {out / "sweep.json"} --max-latency-ms MS`')
+    return 0
+
+
+def _source_args(p: argparse.ArgumentParser) -> None:
+    from timm.utils import ParseKwargs
+
+    p.add_argument('--model', required=True, help='registered SN-Net, e.g. snnet_deit_tsb')
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument('--checkpoint', help='train.py checkpoint, .safetensors, or a folder from convert / save_snnet')
+    src.add_argument('--pretrained', action='store_true', help="the SN-Net's published weights (Hub)")
+    p.add_argument('--num-classes', type=int, default=None)
+    p.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='KEY=VALUE',
+                   help='create_model kwargs the checkpoint was trained with')
+
+
+def add_commands(subparsers) -> None:
+    p = subparsers.add_parser(
+        'export', help='write one stitch as a standalone model (safetensors + config.json, or ONNX)',
+        description='Export one config of an SN-Net as a plain timm model holding only its path\'s weights. Pick it '
+                    'by id or by budget (FLOPs, or latency from a sweep.json / the stored stitch table).')
+    _source_args(p)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument('--stitch', type=int, help='config id (see `timm-snnet configs`)')
+    which.add_argument('--max-gflops', type=float, help='the best config within this many GFLOPs')
+    which.add_argument('--max-latency-ms', type=float, help='the best config within this latency (needs --sweep '
+                                                            'or a model with a stored stitch table)')
+    p.add_argument('--sweep', help='sweep.json whose rows rank the configs (top-1, latency)')
+    p.add_argument('--latency', default='b1', choices=('b1', 'bN'), help='latency column for --max-latency-ms')
+    p.add_argument('--format', default='safetensors', choices=('safetensors', 'onnx'))
+    p.add_argument('--output', required=True, help='new (or empty) output folder')
+    p.add_argument('--opset', type=int, default=None, help='ONNX opset (default: the exporter\'s)')
+    p.add_argument('--atol', type=float, default=1e-4, help='max abs onnxruntime vs eager difference (onnx)')
+    p.add_argument('--no-verify', action='store_true', help='skip the onnxruntime check (onnx)')
+    p.set_defaults(func=_cmd_export)
+
+    p = subparsers.add_parser(
+        'profile', help='measure every config\'s latency on this device -> sweep.json rows (latency_ms_bN)',
+        description='Latency of each config on cpu, cuda or mps with torch.utils.benchmark (warm-up, interleaved '
+                    'rounds, medians). Writes OUT/sweep.json in the sweep format, or merges the latencies into an '
+                    'existing sweep.json, so `select --max-latency-ms` and `plot --x latency` work.')
+    _source_args(p)
+    p.add_argument('--stitches', default='all', help="config ids: 'all' (default), '0-70', '3' or '0-2,5'")
+    p.add_argument('--device', default=None, help='cpu, cuda[:N] or mps (default: cuda if available, else cpu)')
+    p.add_argument('--batch-sizes', default='1,8', help='comma list (default 1,8); the largest is latency_ms_bN')
+    p.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch\'s)')
+    p.add_argument('--compile', action='store_true', help='time torch.compile of each exported stitch')
+    p.add_argument('--warmup', type=int, default=3, help='untimed calls per config and batch size first')
+    p.add_argument('--rounds', type=int, default=3, help='interleaved rounds; the median is reported')
+    p.add_argument('--min-run-time', type=float, default=0.1, help='seconds per timing (blocked_autorange)')
+    out = p.add_mutually_exclusive_group(required=True)
+    out.add_argument('--output', help='folder for sweep.json and sweep.csv')
+    out.add_argument('--merge', help='existing sweep.json (or its folder) to put the latencies into')
+    p.set_defaults(func=_cmd_profile)
