@@ -35,7 +35,7 @@ def test_onnx_matches_eager(tmp_path, name, kind):
     path = export_onnx(stitch, tmp_path / 'model.onnx')
     graph = onnx.load(str(path)).graph
     assert [d.dim_param for d in graph.input[0].type.tensor_type.shape.dim][0] == 'batch'
-    for batch in (1, 3):  # exported at batch 2: the batch axis is dynamic
+    for batch in (1, 3):  # exported at batch 2 (ResNet at 224x224: its spatial axes are dynamic too)
         x = tiny_input(name, batch=batch, seed=batch)
         assert check_onnx(path, stitch, x) <= 1e-4, model.describe(model.stitch_configs()[k])
         with torch.no_grad():

@@ -358,7 +358,8 @@ def example_input(model: nn.Module, batch_size: int = 1, seed: int = 0) -> torch
 
 
 def export_onnx(model: nn.Module, path: PathLike, opset: Optional[int] = None) -> Path:
-    """Write `model` to one ONNX file with a dynamic batch axis (`input` -> `logits`) and check it with onnx.checker.
+    """Write `model` to one ONNX file (`input` -> `logits`) with a dynamic batch axis (and dynamic height and width
+    when no model on the path has a fixed input size), and check it with onnx.checker.
 
     Uses torch's dynamo-based exporter (`torch.export`, the default and supported one since torch 2.9; the
     TorchScript exporter is deprecated).
@@ -366,13 +367,16 @@ def export_onnx(model: nn.Module, path: PathLike, opset: Optional[int] = None) -
     onnx = _need('onnx')
     _need('onnxscript')
     path = Path(path)
+    axes = {0: torch.export.Dim('batch')}
+    if not get_model_input_config(model)['fixed_input_size']:
+        axes.update({2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC})
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             torch.onnx.export(model, (example_input(model, 2),), str(path), dynamo=True, external_data=False,
                               input_names=['input'], output_names=['logits'], opset_version=opset, verbose=False,
-                              dynamic_shapes=({0: torch.export.Dim('batch')},))
+                              dynamic_shapes=(axes,))
     finally:
         model.train(was_training)
     onnx.checker.check_model(str(path), full_check=True)
