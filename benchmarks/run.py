@@ -1,7 +1,8 @@
-"""`make bench`: SN-Net's costs as side-by-side ratios (B1-B6) -> benchmarks/results/latest.json and latest.md.
+"""`make bench`: SN-Net's costs as side-by-side ratios (B1-B9) -> benchmarks/results/latest.json and latest.md.
 
     python -m benchmarks.run              # every registered snnet_* model at its native input size
     python -m benchmarks.run --quick      # snnet_deit_tsb at 112x112, fewer configs and rounds (under 3 minutes)
+    python -m benchmarks.run --deploy-only  # B7-B9 alone (deploy one stitch) -> deploy.json and deploy.md
 
 Timing is torch.utils.benchmark (warm-up, a fixed thread count, medians of blocked runs). With one thread (the
 default) the clock is that thread's CPU time (`time.thread_time`): all of torch's work runs in the calling thread, so
@@ -322,9 +323,22 @@ def run(opts: Options, log: Callable[[str], None]) -> dict:
             log(f'  {name} failed: {result["errors"][name]}')
     log('B5 snnet_deit_tsb LS init')
     result['B5'] = b5_ls_init(opts)
+    result['deploy'] = run_deploy_safely(opts, log, result['errors'])
     result['machine']['load_avg_end'] = os.getloadavg()
     result['seconds'] = time.perf_counter() - start
     return result
+
+
+def run_deploy_safely(opts: Options, log: Callable[[str], None], errors: dict) -> Optional[dict]:
+    """B7-B9 (benchmarks/deploy.py); a failure is recorded, not raised."""
+    from .deploy import run_deploy
+
+    try:
+        return run_deploy(opts, log)
+    except Exception as e:
+        errors['B7-B9'] = f'{type(e).__name__}: {e}'
+        log(f'  B7-B9 failed: {errors["B7-B9"]}')
+        return None
 
 
 def _worst(rows: list[dict], key: str = 'ratio') -> dict:
@@ -370,6 +384,8 @@ def summary(r: dict) -> str:
                      f'{b6["table_build_s"]:.2f} s (then {b6["table_cached_ms"]:.1f} ms cached); '
                      f'{b6["snnet_peak_mib"]:.0f} / {b6["anchors_peak_mib"]:.0f} MiB = {b6["memory_ratio"]:.3f} '
                      f'(parameters {b6["param_ratio"]:.3f}) | - | |')
+    deploy = deploy_summary(r.get('deploy'))
+    lines += deploy[0]
     if r['errors']:
         lines += ['', 'Models that failed: ' + '; '.join(f'{k}: {v}' for k, v in r['errors'].items())]
     lines += ['', '## Details', '', '| B2 model | anchor | batch | SN-Net ms | plain ms | ratio | max abs diff |',
@@ -384,9 +400,18 @@ def summary(r: dict) -> str:
     lines += ['', 'B3 outliers (ratio > 1.05): ' + (', '.join(
         f'{x["model"]} {x["id"]} `{x["path"]}` {x["ratio"]:.3f}' for x in b3_out) or 'none'),
               f'B3 range: {min(x["ratio"] for x in r["B3"]):.3f} .. {b3w["ratio"]:.3f}']
+    lines += deploy[1]
     lines += ['', '## Targets missed', '']
     lines += missed(r, b3_out) or ['None.']
     return '\n'.join(lines) + '\n'
+
+
+def deploy_summary(deploy: Optional[dict]) -> tuple[list[str], list[str]]:
+    if not deploy:
+        return [], []
+    from .deploy import summary_lines
+
+    return summary_lines(deploy)
 
 
 def missed(r: dict, b3_out: list[dict]) -> list[str]:
@@ -453,6 +478,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument('--peak-memory', choices=('snnet', 'anchors'), help=argparse.SUPPRESS)
     p.add_argument('--img-size', type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument('--render', type=Path, default=None, help='only rewrite latest.md from this latest.json')
+    p.add_argument('--deploy-only', action='store_true',
+                   help='only B7-B9 (deploy one stitch) -> deploy.json and deploy.md')
     args = p.parse_args(argv)
     args.output = args.output or (RESULTS / 'quick' if args.quick else RESULTS)
     if args.render:
@@ -462,6 +489,29 @@ def main(argv: Optional[list[str]] = None) -> int:
         _peak_memory_child(args.models, args.peak_memory, args.img_size)
         return 0
     opts = make_options(args.quick, args.threads, args.models)
+    if args.deploy_only:  # B7-B9 alone -> deploy.json / deploy.md beside latest.*
+        torch.set_num_threads(opts.threads)
+        start = time.perf_counter()
+        errors: dict = {}
+        result = dict(machine=machine(opts.threads), options=asdict(opts), date=time.strftime('%Y-%m-%d %H:%M:%S %Z'),
+                      deploy=run_deploy_safely(opts, lambda msg: print(msg, file=sys.stderr, flush=True), errors),
+                      errors=errors)
+        result['machine']['load_avg_end'] = os.getloadavg()
+        result['seconds'] = time.perf_counter() - start
+        args.output.mkdir(parents=True, exist_ok=True)
+        (args.output / 'deploy.json').write_text(json.dumps(result, indent=1) + '\n')
+        head, details = deploy_summary(result['deploy'])
+        m = result['machine']
+        text = '\n'.join([
+            f'# B7-B9: deploy one stitch ({result["date"]})', '',
+            f'Machine: {m["cpu"]}, {m["cores"]} cores shared with other jobs (load average '
+            f'{m["load_avg_start"][0]:.1f} at start, {m["load_avg_end"][0]:.1f} at end), {m["threads"]} torch '
+            f'thread(s); torch {m["torch"]}, timm {m["timm"]}; {opts.rounds} interleaved rounds; run took '
+            f'{result["seconds"]:.0f} s.' + (f' Errors: {errors}' if errors else ''), '',
+            '| | measure | result | target | |', '|---|---|---|---|---|', *head, *details]) + '\n'
+        (args.output / 'deploy.md').write_text(text)
+        print(text)
+        return 0
     result = run(opts, lambda msg: print(msg, file=sys.stderr, flush=True))
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / 'latest.json').write_text(json.dumps(result, indent=1) + '\n')

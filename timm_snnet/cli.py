@@ -9,7 +9,7 @@ import importlib
 import sys
 from typing import Optional, Sequence
 
-COMMAND_MODULES = ('timm_snnet.run', 'timm_snnet.sweep', 'timm_snnet.hub', 'timm_snnet.convert')
+COMMAND_MODULES = ('timm_snnet.run', 'timm_snnet.sweep', 'timm_snnet.hub', 'timm_snnet.convert', 'timm_snnet.export')
 
 
 def build_parser() -> argparse.ArgumentParser:

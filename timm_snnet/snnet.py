@@ -535,6 +535,13 @@ class SNNet(SNNetFeatures, nn.Module):
     def _model_args(self, args: dict[str, Any]) -> None:
         self.__dict__['_recorded_model_args'] = dict(args)
 
+    # --- deployment ------------------------------------------------------------------------------------------------
+    def export_stitch(self, stitch_id: int) -> nn.Module:
+        """Config `stitch_id` as a plain timm model holding only its path's weights (see `timm_snnet.export`)."""
+        from .export import export_stitch
+
+        return export_stitch(self, stitch_id)
+
     # --- timm contract ---------------------------------------------------------------------------------------------
     def get_classifier(self) -> nn.Module:
         return self.anchors[self._routes[self._stitch_id].last.anchor].get_classifier()
