@@ -64,7 +64,7 @@ PathLike = Union[str, Path]
 
 # SNNet arguments that rebuild the architecture; recorded (defaults included) in every model's timm model_args
 _ARCH_ARGS = ('anchors', 'anchor_kwargs', 'rule', 'stages', 'kernel_size', 'stride', 'layer_assignment',
-              'stitched_final_norm', 'stitch_seed')
+              'stitched_final_norm', 'stitch_seed', 'sampling', 'flops_gap', 'stitch_rank')
 
 
 class SNNetLoadError(RuntimeError):
