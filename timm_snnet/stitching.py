@@ -1,9 +1,8 @@
 """Stitching layers and their least-squares initialisation."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
-
 import math
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
