@@ -51,6 +51,8 @@ class StitchConfig:
         if self.is_round_trip:
             return (f'{names[self.front]}[{s}0..{self.front_block}] -> {names[self.back]}[{s}{self.back_block}..'
                     f'{self.return_block}] -> {names[self.front]}[{s}{self.resume_block}..]')
+        if depths is not None and self.back_block == depths[self.back][self.stage]:  # no back block: its head only
+            return f'{names[self.front]}[{s}0..{self.front_block}] -> {names[self.back]}[head]'
         return f'{names[self.front]}[{s}0..{self.front_block}] -> {names[self.back]}[{s}{self.back_block}..]'
 
     def as_dict(self) -> dict:
