@@ -433,3 +433,22 @@ def test_ddp_two_way_low_rank_ros_train_in_lockstep(tmp_path: Path):
 def _layers_of(k: int) -> list[int]:
     c = two_way_configs([[DS], [DL]])[0][k]
     return [] if c.is_anchor else [c.layer] + [c.return_layer] * c.is_round_trip
+
+
+def test_least_squares_init_solves_each_two_way_layer_once():
+    """Each v2 layer joins one pair of cuts in many routes: its init is that pair's least-squares solution."""
+    from timm_snnet.stitching import LeastSquares, to_rows
+
+    model = tiny_v2(stitch_rank=2)
+    images = _x(6, seed=3)
+    model.init_stitching_layers(images, num_images=6, progress=False)
+    with torch.no_grad():
+        acts = [model.eval()._activations(a, images) for a in (0, 1)]
+    cuts = ((0, (0, 0), (1, 1)), (5, (0, 5), (1, 11)), (DS, (1, 1), (0, 0)), (2 * DS - 2, (1, 21), (0, 10)))
+    for layer, x_cut, y_cut in cuts:  # (layer, front anchor's last unit, unit before the back anchor's first)
+        ls = LeastSquares()
+        rows = {c: to_rows(acts[c[0]][c[1]], 'tokens') for c in (x_cut, y_cut)}
+        ls.add({x_cut: rows[x_cut]}, {y_cut: rows[y_cut]}, [(x_cut, y_cut)])
+        w, b = ls.solve(x_cut, y_cut)
+        torch.testing.assert_close(model.stitch_layers[layer].weight, w.float())
+        torch.testing.assert_close(model.stitch_layers[layer].bias, b.float())

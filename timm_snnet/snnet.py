@@ -483,7 +483,8 @@ class SNNet(nn.Module):
         Solved for each (j, k) on all tokens / pixels, then averaged over the configs that share a layer.
         `data` is an image tensor (B, C, H, W) or an iterable of `(images, ...)` batches, already transformed.
         """
-        pairs = self._ls_pairs()
+        # each (layer, front cut, back cut) once: a v2 layer joins the same cuts in many routes
+        pairs = list({(layer, fc, bc): (k, layer, fc, bc) for k, layer, fc, bc in self._ls_pairs()}.values())
         keep: dict[int, set] = {}
         for _, _, (f, fu), (b, bu) in pairs:
             keep.setdefault(f, set()).add(fu)

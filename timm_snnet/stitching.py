@@ -137,7 +137,7 @@ class LeastSquares:
         """
         ys = {k: y.to(torch.float64) for k, y in ys.items()}
         targets: dict = {}
-        for x_key, y_key in pairs:
+        for x_key, y_key in dict.fromkeys(pairs):  # a repeated pair must not add its cross terms twice
             targets.setdefault(x_key, []).append(y_key)
         for x_key, y_keys in targets.items():
             xa = self._augment(xs[x_key])
