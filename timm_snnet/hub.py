@@ -134,7 +134,7 @@ def _is_snnet(name: str) -> bool:
 
 
 def _snnet_names() -> str:
-    return ', '.join(n for n in timm.list_models('snnet_*') if _is_snnet(n))
+    return ', '.join(n for n in timm.list_models('snnet*') if _is_snnet(n))
 
 
 def _check_architecture(arch: str, src: _Source, expected: Optional[str] = None) -> None:
