@@ -8,7 +8,8 @@ Steps (each logged with its wall time):
   3. least-squares init from the same 100 training images, then the same number of steps for each;
   4. sweep every trained config on the test set; Pareto fronts on one plot, share of stitches in the anchors' band.
 
-    python examples/fashion_mnist/snnetv2.py                     # the run in RESULTS.md
+    python examples/fashion_mnist/snnetv2.py                     # the run in RESULTS.md (about 21 min here)
+    python examples/fashion_mnist/snnetv2.py --arms v2_dense     # the ablation: two-way + ROS, dense layers
     python examples/fashion_mnist/snnetv2.py --snnet-steps 20 --anchor-steps 20 --test-subset 200   # smoke run
 """
 from __future__ import annotations
@@ -90,8 +91,8 @@ def build(arm: str, args: argparse.Namespace, standalone: list[nn.Module], calib
     kw = model_kwargs(args.widths, args.patch_size)
     if arm == 'v1':
         kw.update(rule='window', stitch_rank=0, sampling='uniform')
-    else:
-        kw.update(rule='two_way', stitch_rank=args.rank, sampling='ros', flops_gap=flops_gap)
+    else:  # v2_dense: the ablation without low-rank layers
+        kw.update(rule='two_way', stitch_rank=args.rank if arm == 'v2' else 0, sampling='ros', flops_gap=flops_gap)
     model = timm.create_model('snnetv2_deit3_s_b', stitch_seed=args.seed, **kw)
     for i, m in enumerate(standalone):
         model.anchors[i].load_state_dict(m.state_dict())
@@ -152,6 +153,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument('--rank', type=int, default=8, help='v2 stitching-layer rank (the authors: 64 at width 384)')
     p.add_argument('--test-subset', type=int, default=1000)
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--arms', type=lambda s: tuple(s.split(',')), default=('v1', 'v2'),
+                   help='comma list of v1, v2, v2_dense (two-way + ROS with dense layers)')
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     t0 = time.perf_counter()
@@ -167,7 +170,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     costs = timm.create_model('snnetv2_deit3_s_b', rule='window', stitch_rank=0,
                               **model_kwargs(args.widths, args.patch_size)).stitch_configs((1, 28, 28))
     gap = REFERENCE_GAP * (costs[1].gflops - costs[0].gflops)  # the authors' 1 GFLOP, scaled to these anchors
-    for arm, label in (('v1', 'v1: one-way S->B, dense, uniform'), ('v2', 'v2: two-way, low-rank, ROS')):
+    labels = {'v1': 'v1: one-way S->B, dense, uniform', 'v2': 'v2: two-way, low-rank, ROS',
+              'v2_dense': 'v2 with dense stitching layers'}
+    for arm in args.arms:
+        label = labels[arm]
         model = build(arm, args, standalone, calib, gap)
         epochs = args.snnet_steps * args.batch_size / len(train_data[0])
         seconds = train(model, train_data, epochs, args.batch_size, param_groups(model, args.lr, 0.05),
@@ -176,7 +182,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         summary = summarize(rows, 2)
         results[arm] = dict(label=label, rows=rows, train_seconds=seconds, num_configs=model.num_configs,
                             **summary)
-        if arm == 'v2':
+        if arm != 'v1':
             gflops = {c.id: c.gflops for c in model.stitch_configs((1, 28, 28)) if model.route(c.id).is_complete}
             results[arm].update(flops_gap=model.flops_gap, rank=args.rank,
                                 groups=[len(g) for g in flops_groups(gflops, model.flops_gap)])
@@ -184,7 +190,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             f'band {summary["band"]}, {summary["above_band"]} above, Pareto {pareto_front(rows)}')
     results['seconds'] = time.perf_counter() - t0
     (args.output / 'results.json').write_text(json.dumps(results, indent=1) + '\n')
-    plot(results, args.output / 'pareto_v1_vs_v2.png')
+    if {'v1', 'v2'} <= set(args.arms):
+        plot(results, args.output / 'pareto_v1_vs_v2.png')
     log(f'done: {args.output}/results.json, pareto_v1_vs_v2.png')
     return 0
 
