@@ -1,4 +1,4 @@
-"""timm-snnet: Stitchable Neural Networks (SN-Net) for timm. Importing it registers the `snnet_*` models."""
+"""timm-snnet: Stitchable Neural Networks (SN-Net) for timm. Importing it registers the `snnet*` models."""
 from .configs import StitchConfig, enumerate_configs
 from .export import ExportedStitch
 from .hub import SNNetLoadError, load_snnet, push_snnet, save_snnet

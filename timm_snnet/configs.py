@@ -10,13 +10,17 @@ import math
 from dataclasses import dataclass, replace
 from typing import Literal, Optional, Sequence
 
-Rule = Literal['window', 'stage']
+Rule = Literal['window', 'stage', 'two_way']
 Assignment = Literal['front_block', 'window']
 
 
 @dataclass(frozen=True)
 class StitchConfig:
-    """One path through an SN-Net. Anchors have `stage`, `front_block`, `back_block` and `layer` set to None."""
+    """One path through an SN-Net. Anchors have `stage`, `front_block`, `back_block` and `layer` set to None.
+
+    A round trip (SN-Netv2's LSL / SLS) leaves `back` after block `return_block` through `return_layer` and resumes
+    `front` at block `resume_block`; one-way stitches leave the three at None.
+    """
     id: int
     front: int
     back: int
@@ -26,10 +30,17 @@ class StitchConfig:
     layer: Optional[int] = None
     gflops: float = math.nan
     params: int = 0
+    return_block: Optional[int] = None
+    return_layer: Optional[int] = None
+    resume_block: Optional[int] = None
 
     @property
     def is_anchor(self) -> bool:
         return self.layer is None
+
+    @property
+    def is_round_trip(self) -> bool:
+        return self.return_layer is not None
 
     def path(self, names: Sequence[str], depths: Optional[Sequence[Sequence[int]]] = None) -> str:
         """Readable path such as `Ti[0..3] -> S[4..]` (or `Ti[s2.0..1] -> S[s2.3..]` for staged models)."""
@@ -37,6 +48,11 @@ class StitchConfig:
             return names[self.front]
         staged = depths is not None and len(depths[self.front]) > 1
         s = f's{self.stage}.' if staged else ''
+        if self.is_round_trip:
+            return (f'{names[self.front]}[{s}0..{self.front_block}] -> {names[self.back]}[{s}{self.back_block}..'
+                    f'{self.return_block}] -> {names[self.front]}[{s}{self.resume_block}..]')
+        if depths is not None and self.back_block == depths[self.back][self.stage]:  # no back block: its head only
+            return f'{names[self.front]}[{s}0..{self.front_block}] -> {names[self.back]}[head]'
         return f'{names[self.front]}[{s}0..{self.front_block}] -> {names[self.back]}[{s}{self.back_block}..]'
 
     def as_dict(self) -> dict:
@@ -67,6 +83,11 @@ class Route:
     @property
     def last(self) -> Segment:
         return self.segments[-1]
+
+    @property
+    def is_complete(self) -> bool:
+        """Every segment runs at least one unit (the stitch before an empty segment feeds the head directly)."""
+        return all(s.stop > s.start for s in self.segments)
 
     def joins(self) -> list[tuple[int, Segment, Segment]]:
         """(stitching layer, segment before it, segment after it) for each join."""
@@ -160,8 +181,58 @@ def enumerate_configs(
         for s in stages:
             for f, b in pairs:
                 add(f, b, s, mapped_pairs(depths[f][s], depths[b][s]), lambda j, k: j)
+    elif rule == 'two_way':
+        return two_way_configs(depths, stages)
     else:
-        raise ValueError(f"unknown stitching rule {rule!r}: valid rules are 'window' and 'stage'")
+        raise ValueError(f"unknown stitching rule {rule!r}: valid rules are 'window', 'stage' and 'two_way'")
+    return configs, layers
+
+
+def two_way_configs(
+        depths: Sequence[Sequence[int]],
+        stages: Sequence[int] = (0,),
+) -> tuple[list[StitchConfig], list[LayerSpec]]:
+    """SN-Netv2's two-way stitching of a small and a large anchor (one stage each, large depth a multiple of small).
+
+    Ids: 0 small, 1 large; then SL (small -> large), LS (large -> small), LSL and SLS round trips, as the authors
+    list them. One stitching layer per direction and cut: SL[f] leaves small block f for large block (f + 1) * r;
+    LS[m] leaves large block (m + 1) * r - 1 for small block m + 1 (r = depth ratio). Layers: SL[0..ds-1], then
+    LS[0..ds-2]. The last SL config (the whole small anchor, then straight to the large anchor's norm and head) is
+    enumerated to keep the authors' ids and its layer; its route has an empty last segment (`Route.is_complete`).
+    """
+    _check_depths(depths, tuple(stages))
+    if len(depths) != 2 or len(depths[0]) != 1 or tuple(stages) != (0,):
+        raise ValueError(f"rule='two_way' stitches two single-stage anchors (small first) in stage 0, got depths "
+                         f"{[list(d) for d in depths]} and stages {list(stages)}")
+    ds, dl = depths[0][0], depths[1][0]
+    if ds < 2 or dl < ds or dl % ds:
+        raise ValueError(f"rule='two_way' needs the large anchor's depth to be a multiple of the small one's "
+                         f"(small first, both >= 2 blocks), got depths {ds} and {dl}")
+    r = dl // ds
+    layers = [LayerSpec(0, 1, 0)] * ds + [LayerSpec(1, 0, 0)] * (ds - 1)
+    sl = [(f, (f + 1) * r, f) for f in range(ds)]  # (small block, large block, layer)
+    ls = [((m + 1) * r - 1, m + 1, ds + m) for m in range(ds - 1)]  # (large block, small block, layer)
+    configs = [StitchConfig(id=0, front=0, back=0), StitchConfig(id=1, front=1, back=1)]
+
+    def add(front: int, cut: tuple[int, int, int], back_cut: Optional[tuple[int, int, int]] = None) -> None:
+        j, k, layer = cut
+        more = {} if back_cut is None else dict(
+            return_block=back_cut[0], return_layer=back_cut[2], resume_block=back_cut[1])
+        configs.append(StitchConfig(id=len(configs), front=front, back=1 - front, stage=0, front_block=j,
+                                    back_block=k, layer=layer, **more))
+
+    for cut in sl:
+        add(0, cut)
+    for cut in ls:
+        add(1, cut)
+    for out in ls:  # LSL: at least one small block between the cuts, and the return lands inside the large anchor
+        for back in sl:
+            if back[0] != ds - 1 and back[0] >= out[1]:
+                add(1, out, back)
+    for out in sl:  # SLS: at least one large block between the cuts
+        for back in ls:
+            if back[0] >= out[1]:
+                add(0, out, back)
     return configs, layers
 
 

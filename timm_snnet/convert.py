@@ -1,4 +1,4 @@
-"""`timm-snnet convert --from official-v1`: the authors' released SN-Net v1 checkpoints in this package's layout.
+"""`timm-snnet convert --from official-v1|official-v2`: the authors' released SN-Net checkpoints, our layout.
 
 The official files (snnet_deit.pth, snnet_swin.pth, resnet_18_50.pth, resnet18_swin_ti.pth) are pickled training
 checkpoints. They are read with `checkpoint.read_pickle` (`torch.load(weights_only=True)`, the allowlist shared with
@@ -13,6 +13,12 @@ The mapping (from the authors' code):
 - stitching layers: `stitch_layers.{pair}.{l}.transform` (DeiT) or `stitch_layers.{stage}.{pair}.{l}.transform`
   (Swin, ResNet; stage counted among the stitched stages), pair = front anchor, `l` = the authors' layer.
 
+SN-Netv2 (`official-v2`, `snnetv2_deit3_{s_b,s_l,b_l}.pth` on the Hub): `{'model': state_dict}` saved in train mode.
+DeiT-III LayerScale `blocks.i.gamma_{1,2}` become timm's `blocks.i.ls{1,2}.gamma`; `stitch_layers.0.{f}.transform`
+(small -> large) become our layers f and `stitch_layers.1.{m}.transform` (large -> small) our layers ds + m. The
+saved `weight` is the unmerged least-squares weight; `lora_A` / `lora_B` are kept as factors (the rank is read from
+them), so the network is `weight + lora_B @ lora_A / r` as the authors trained it.
+
 Two differences are kept as compatibility settings in the converted model's model_args (new models never use them):
 v1 DeiT skipped the back anchor's final norm on stitched paths (`stitched_final_norm=False`), and for Swin and ResNet
 the authors gave a stitch the layer at its position in the stage's list (`layer_assignment=[...]`).
@@ -20,11 +26,14 @@ the authors gave a stitch the layer at its position in the stage's list (`layer_
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import tempfile
 from collections import Counter
+from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Callable, Optional, Union
 
 import timm
 import torch
@@ -38,8 +47,8 @@ from .hub import save_snnet
 from .snnet import SNNet
 from .utils import file_sha256
 
-__all__ = ['OFFICIAL_V1', 'ConversionError', 'load_official', 'official_layers', 'convert_official_v1', 'convert',
-           'add_commands']
+__all__ = ['OFFICIAL_V1', 'OFFICIAL_V2', 'OfficialRelease', 'ConversionError', 'load_official', 'official_layers',
+           'convert_official_v1', 'convert_official_v2', 'official_stitch_table', 'convert', 'add_commands']
 
 PathLike = Union[str, Path]
 
@@ -175,16 +184,101 @@ def convert_official_v1(checkpoint: PathLike, model_name: str, **kwargs: Any) ->
     return model.eval(), report
 
 
-def convert(checkpoint: PathLike, model_name: str, output: PathLike, **kwargs: Any) -> tuple[Path, dict[str, Any]]:
+# --- SN-Netv2 --------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class OfficialRelease:
+    """Where the authors published a model's weights, and the function that converts them."""
+    repo_id: str
+    filename: str
+    convert: Callable[..., tuple[SNNet, dict[str, Any]]]
+    reference: Optional[str] = None  # package data file with the authors' per-config results
+
+
+def _v2_rename(key: str, ds: int) -> Optional[str]:
+    """The authors' v2 key under this package's names, or None when it maps to nothing."""
+    if key.startswith('anchors.'):
+        return key.replace('.gamma_1', '.ls1.gamma').replace('.gamma_2', '.ls2.gamma')
+    parts = key.split('.')  # stitch_layers.{direction}.{i}.transform.{param}
+    if len(parts) == 5 and parts[0] == 'stitch_layers' and parts[3] == 'transform' and parts[1] in ('0', '1') \
+            and parts[2].isdigit() and int(parts[2]) < ds - int(parts[1]):  # ds small -> large, ds - 1 back
+        return f'stitch_layers.{int(parts[2]) + ds * int(parts[1])}.{parts[4]}'
+    return None
+
+
+def convert_official_v2(checkpoint: PathLike, model_name: str, **kwargs: Any) -> tuple[SNNet, dict[str, Any]]:
+    """Build `model_name` (an SN-Netv2) at the checkpoint's LoRA rank and load the authors' v2 checkpoint into it.
+
+    LoRA factors stay unmerged; any unmapped, missing or mis-shaped key fails. For S -> L the authors' per-config
+    ImageNet results become the stitch table."""
+    if model_name not in OFFICIAL_V2:
+        raise ConversionError(f'no official v2 layout for {model_name!r}; known: {", ".join(OFFICIAL_V2)}')
+    fixed = sorted({'stitch_rank', 'rule', 'pretrained', 'pretrained_anchors'} & set(kwargs))
+    if fixed:
+        raise ConversionError(f'{", ".join(fixed)} are set by the converter, do not pass them')
+    official = load_official(checkpoint)
+    ranks = {v.shape[0] for k, v in official.items() if k.endswith('.transform.lora_A')}
+    if len(ranks) > 1:
+        raise ConversionError(f'{checkpoint}: stitching layers of different LoRA ranks {sorted(ranks)}')
+    compat = dict(stitch_rank=ranks.pop() if ranks else 0)
+    model = timm.create_model(model_name, **kwargs, **compat)
+    ds = model._depths[0][0]
+    own = model.state_dict()
+    mapped = {_v2_rename(k, ds): v for k, v in official.items()}
+    unmapped = sorted(k for k in official if _v2_rename(k, ds) not in own)
+    missing = sorted(k for k in own if k not in mapped and k not in _OURS_ONLY)
+    shapes = [f'{k} {tuple(v.shape)} vs {tuple(own[k].shape)}' for k, v in mapped.items()
+              if k in own and v.shape != own[k].shape]
+    if unmapped or missing or shapes:
+        problems = [_listing(t, ks) for t, ks in (('unmapped', unmapped), ('missing', missing),
+                                                   ('with other shapes (file vs model)', shapes)) if ks]
+        raise ConversionError(f'{checkpoint} does not convert exactly to {model_name}: {"; ".join(problems)}. Check '
+                              f'--model (the official file for it) and --model-kwargs')
+    model.load_state_dict({**own, **{k: v for k, v in mapped.items() if k in own}}, strict=True)
+    table = official_stitch_table(model_name, model)
+    if table is not None:
+        model.set_stitch_table(table)
+    report = dict(tensors=len(mapped), stitching_layers=len(model.stitch_layers), dropped={}, compat=compat)
+    return model.eval(), report
+
+
+def official_stitch_table(model_name: str, model: Optional[SNNet] = None) -> Optional[list[dict[str, Any]]]:
+    """The authors' per-config results shipped with this package (id, top1, top5, gflops; path with `model`)."""
+    release = OFFICIAL_V2.get(model_name)
+    if release is None or release.reference is None:
+        return None
+    text = (resources.files('timm_snnet') / 'reference' / release.reference).read_text(encoding='utf-8')
+    rows = []
+    for line in text.splitlines():
+        r = json.loads(line)
+        row = dict(id=r['cfg_id'], gflops=r['flops'] / 1e9, top1=r['acc1'], top5=r['acc5'])
+        if model is not None:
+            row['path'] = model.describe(model._configs[r['cfg_id']])
+        rows.append(row)
+    return rows
+
+
+# model -> the authors' Hub release (the filenames are the authors'; pickled .pth, read with weights_only=True)
+OFFICIAL_V2: dict[str, OfficialRelease] = {
+    f'snnetv2_deit3_{pair}': OfficialRelease(
+        f'ziplab/snnetv2_deit3_{pair}_imagenet_1k', f'snnetv2_deit3_{pair}.pth', convert_official_v2,
+        'snnetv2_deit3_s_l.official.jsonl' if pair == 's_l' else None)
+    for pair in ('s_b', 's_l', 'b_l')}
+CONVERTERS = {'official-v1': convert_official_v1, 'official-v2': convert_official_v2}
+
+
+def convert(checkpoint: PathLike, model_name: str, output: PathLike, source_format: str = 'official-v1',
+            **kwargs: Any) -> tuple[Path, dict[str, Any]]:
     """Convert and write `output` (config.json + model.safetensors), all or nothing: for `push` and `local-dir:`."""
     output = Path(output)
+    if source_format not in CONVERTERS:
+        raise ConversionError(f'unknown checkpoint layout {source_format!r}; known: {", ".join(CONVERTERS)}')
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise ConversionError(f'{output} exists and is not an empty folder: pick a new --output')
-    model, report = convert_official_v1(checkpoint, model_name, **kwargs)
+    model, report = CONVERTERS[source_format](checkpoint, model_name, **kwargs)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f'.{output.name}.', dir=output.parent))
     try:
-        source = dict(format='official-v1', file=Path(checkpoint).name, sha256=file_sha256(Path(checkpoint)))
+        source = dict(format=source_format, file=Path(checkpoint).name, sha256=file_sha256(Path(checkpoint)))
         save_snnet(model, tmp, readme=False, source=source)
         if output.exists():
             output.rmdir()
@@ -196,7 +290,7 @@ def convert(checkpoint: PathLike, model_name: str, output: PathLike, **kwargs: A
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     try:
-        out, report = convert(args.checkpoint, args.model, args.output, **args.model_kwargs)
+        out, report = convert(args.checkpoint, args.model, args.output, args.source_format, **args.model_kwargs)
     except ConversionError as e:
         raise SystemExit(f'timm-snnet convert: {e}') from e
     dropped = ', '.join(f'{n} {what}' for what, n in report['dropped'].items()) or 'nothing'
@@ -212,14 +306,16 @@ def add_commands(subparsers) -> None:
     from timm.utils import ParseKwargs
 
     p = subparsers.add_parser(
-        'convert', help="convert the authors' SN-Net v1 checkpoints into a folder for `push` and local-dir:",
+        'convert', help="convert the authors' SN-Net v1 / v2 checkpoints into a folder for `push` and local-dir:",
         description="Map an official SN-Net v1 release (snnet_deit.pth -> snnet_deit_tsb, snnet_swin.pth -> "
                     "snnet_swin_tsb, resnet_18_50.pth -> snnet_resnet, resnet18_swin_ti.pth -> "
-                    "snnet_resnet18_swin_ti) into this package's layout, with the compatibility settings that "
+                    "snnet_resnet18_swin_ti) or v2 release (snnetv2_deit3_{s_b,s_l,b_l}.pth -> snnetv2_deit3_"
+                    "{s_b,s_l,b_l}) into this package's layout, with the compatibility settings that "
                     "reproduce the authors' networks. Fails if any key is left unmapped or missing.")
     p.add_argument('checkpoint', help='official .pth (read with weights_only=True) or its state dict as .safetensors')
-    p.add_argument('--from', dest='source_format', required=True, choices=('official-v1',), help='checkpoint layout')
-    p.add_argument('--model', required=True, choices=sorted(OFFICIAL_V1))
+    p.add_argument('--from', dest='source_format', required=True, choices=sorted(CONVERTERS),
+                   help='checkpoint layout')
+    p.add_argument('--model', required=True, choices=sorted({*OFFICIAL_V1, *OFFICIAL_V2}))
     p.add_argument('--output', required=True, help='new folder: config.json + model.safetensors')
     p.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='KEY=VALUE',
                    help='create_model kwargs (e.g. smaller anchors for tests); compatibility settings are automatic')

@@ -85,6 +85,8 @@ def anchor_costs(model: nn.Module, family: Family, input_size: Sequence[int]) ->
 
 
 def stitching_layer_cost(layer: nn.Module, rows: int) -> tuple[int, int]:
-    """A Linear or 1x1 conv stitching layer: rows * in * out multiply-adds (fvcore leaves the bias out)."""
+    """A Linear or 1x1 conv stitching layer: rows * in * out multiply-adds (fvcore leaves the bias out).
+
+    Params are those of the dense layer it runs as (a low-rank layer's merged weight and bias)."""
     weight = layer.weight
-    return rows * weight.shape[0] * weight.shape[1], sum(p.numel() for p in layer.parameters())
+    return rows * weight.shape[0] * weight.shape[1], weight.numel() + layer.bias.numel()

@@ -64,7 +64,7 @@ PathLike = Union[str, Path]
 
 # SNNet arguments that rebuild the architecture; recorded (defaults included) in every model's timm model_args
 _ARCH_ARGS = ('anchors', 'anchor_kwargs', 'rule', 'stages', 'kernel_size', 'stride', 'layer_assignment',
-              'stitched_final_norm', 'stitch_seed')
+              'stitched_final_norm', 'stitch_seed', 'sampling', 'flops_gap', 'stitch_rank')
 
 
 class SNNetLoadError(RuntimeError):
@@ -131,7 +131,7 @@ def _is_snnet(name: str) -> bool:
 
 
 def _snnet_names() -> str:
-    return ', '.join(n for n in timm.list_models('snnet_*') if _is_snnet(n))
+    return ', '.join(n for n in timm.list_models('snnet*') if _is_snnet(n))
 
 
 def _check_architecture(arch: str, src: _Source, expected: Optional[str] = None) -> None:

@@ -134,3 +134,44 @@ def snnet_resnet18_swin_ti(pretrained: bool = False, **kwargs: Any) -> SNNet:
     """SN-Net from ResNet-18 to Swin-Ti (8 configs: ResNet stages 1, 2 onto the Swin stages at the same resolution)."""
     defaults = dict(anchors=RESNET18_SWIN_TI, names=('R18', 'Ti'), rule='stage', stages=(1, 2))
     return _create_from_anchors('snnet_resnet18_swin_ti', pretrained, defaults, kwargs)
+
+
+# --- SN-Netv2: two-way stitching of DeiT-III anchors, low-rank stitching layers, resource-constrained sampling --------
+# The authors' anchors are DeiT-III ImageNet-21k pretrained, 1k fine-tuned (their deit_3_*_224_21k.pth: timm's
+# fb_in22k_ft_in1k tags); their eval transform is DeiT-III's (resize 224, centre crop 1.0). Released models use
+# low-rank stitching layers of rank 64.
+DEIT3 = {s: f'deit3_{s}_patch16_224.fb_in22k_ft_in1k' for s in ('small', 'base', 'large')}
+SNNETV2_PAIRS = {'s_b': ('small', 'base'), 's_l': ('small', 'large'), 'b_l': ('base', 'large')}
+
+
+def _v2_cfg(pair: str) -> dict[str, Any]:
+    return _cfg(tuple(DEIT3[s] for s in SNNETV2_PAIRS[pair]), crop_pct=1.0,
+                hf_hub_id=f'{HF_HUB_ORG}/snnetv2_deit3_{pair}.in22k_ft_in1k', paper_ids='arXiv:2307.00154',
+                paper_name='Stitched ViTs are Flexible Vision Backbones')
+
+
+default_cfgs.update(generate_default_cfgs({f'snnetv2_deit3_{p}.in22k_ft_in1k': _v2_cfg(p) for p in SNNETV2_PAIRS}))
+
+
+def _create_snnetv2(pair: str, pretrained: bool, kwargs: dict[str, Any]) -> SNNet:
+    defaults = dict(anchors=tuple(DEIT3[s] for s in SNNETV2_PAIRS[pair]), names=tuple(pair.upper().split('_')),
+                    rule='two_way', stitch_rank=64, sampling='ros', flops_gap=1.0)
+    return _create_from_anchors(f'snnetv2_deit3_{pair}', pretrained, defaults, kwargs)
+
+
+@register_model
+def snnetv2_deit3_s_b(pretrained: bool = False, **kwargs: Any) -> SNNet:
+    """SN-Netv2 over DeiT-III S/B (135 configs, 134 trained: anchors, SL, LS, LSL, SLS; 23 stitching layers)."""
+    return _create_snnetv2('s_b', pretrained, kwargs)
+
+
+@register_model
+def snnetv2_deit3_s_l(pretrained: bool = False, **kwargs: Any) -> SNNet:
+    """SN-Netv2 over DeiT-III S/L (135 configs, 134 trained: anchors, SL, LS, LSL, SLS; 23 stitching layers)."""
+    return _create_snnetv2('s_l', pretrained, kwargs)
+
+
+@register_model
+def snnetv2_deit3_b_l(pretrained: bool = False, **kwargs: Any) -> SNNet:
+    """SN-Netv2 over DeiT-III B/L (135 configs, 134 trained: anchors, SL, LS, LSL, SLS; 23 stitching layers)."""
+    return _create_snnetv2('b_l', pretrained, kwargs)

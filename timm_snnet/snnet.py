@@ -23,6 +23,7 @@ from .configs import Route, Rule, Segment, StitchConfig, assign_layers, enumerat
 from .families import Family, Unit, family_for
 from .features import SNNetFeatures
 from .flops import AnchorCosts, anchor_costs, stitching_layer_cost
+from .sampling import SAMPLINGS, Sampling, ros_weights
 from .stitching import LeastSquares, average_affine, create_stitching_layer, to_rows
 from .utils import eval_mode
 
@@ -76,13 +77,18 @@ class SNNet(SNNetFeatures, nn.Module):
         anchors: timm model names of the anchors, smallest first (tags allowed, e.g. `deit_tiny_patch16_224.fb_in1k`).
         anchor_kwargs: extra kwargs for every anchor (a dict) or for each anchor (a list of dicts).
         names: short display names of the anchors (e.g. `('Ti', 'S', 'B')`).
-        rule: `'window'` (isotropic models: sliding window over block ids) or `'stage'` (hierarchical models).
+        rule: `'window'` (isotropic models: sliding window over block ids), `'stage'` (hierarchical models) or
+            `'two_way'` (SN-Netv2: two anchors, small -> large, large -> small and round trips).
         stages: stages to stitch in (`'stage'` rule).
         kernel_size, stride: the sliding window (`'window'` rule).
         layer_assignment: stitching layer of each stitch, in config order; default one layer per window/front block.
         stitch_id: active config at start; default the largest anchor.
         stitch_seed: seed of the training-time stitch sampler (the same on every rank).
-        sampling_weights: relative sampling weight of each config in training; default uniform.
+        sampling_weights: relative sampling weight of each config in training; default from `sampling`.
+        sampling: `'uniform'` (every config alike) or `'ros'` (SN-Netv2's resource-constrained sampling: a FLOPs
+            group uniformly, then a config in it). Configs whose route ends in an empty segment are not sampled.
+        flops_gap: width of a ROS FLOPs group in GFLOPs (at the model's input size).
+        stitch_rank: rank of the low-rank update on frozen least-squares stitching layers (0: dense layers).
         stitched_final_norm: stitched paths end with the back anchor's final norm (False reproduces SN-Net v1 DeiT).
         stitch_table: measured results per config (rows of a sweep), carried in checkpoints for `select_stitch`.
         pretrained_anchors: load each anchor's own timm pretrained weights (anchors without a checkpoint).
@@ -105,6 +111,9 @@ class SNNet(SNNetFeatures, nn.Module):
             stitch_id: Optional[int] = None,
             stitch_seed: int = 0,
             sampling_weights: Optional[Sequence[float]] = None,
+            sampling: Sampling = 'uniform',
+            flops_gap: float = 1.0,
+            stitch_rank: int = 0,
             stitched_final_norm: bool = True,
             stitch_table: Optional[Sequence[dict]] = None,
             pretrained_anchors: bool = False,
@@ -149,6 +158,9 @@ class SNNet(SNNetFeatures, nn.Module):
             configs, layers = assign_layers(configs, layers, list(layer_assignment))
         self._configs = configs
         self._depths = depths
+        if isinstance(stitch_rank, bool) or not isinstance(stitch_rank, int) or stitch_rank < 0:
+            raise ValueError(f'stitch_rank must be an integer >= 0 (0: dense stitching layers), got {stitch_rank!r}')
+        self.stitch_rank = stitch_rank
         self.stitch_layers = nn.ModuleList([self._make_layer(s.front, s.back, s.stage, device, dtype) for s in layers])
         self._routes = [self._route(c) for c in configs]
 
@@ -157,7 +169,7 @@ class SNNet(SNNetFeatures, nn.Module):
         self.register_load_state_dict_post_hook(_sync_sample_step)
         self._step = 0
         self._cum_weights: list[float] = []
-        self.set_sampling_weights(sampling_weights)
+        self._init_sampling(sampling, flops_gap, sampling_weights)
         self._stitch_id = len(anchors) - 1
         self._pruned_to: Optional[int] = None  # set by prune_intermediate_layers: the one stitch left
         if stitch_id is not None:
@@ -187,14 +199,19 @@ class SNNet(SNNetFeatures, nn.Module):
         if f.reduction != b.reduction:
             raise ValueError(f'cannot stitch stage {stage}: {self.anchor_names[front]} runs at 1/{f.reduction} '
                              f'resolution, {self.anchor_names[back]} at 1/{b.reduction}')
-        return create_stitching_layer(
-            f.channels, b.channels, self._families[front].layout, self._families[back].layout, device, dtype)
+        return create_stitching_layer(f.channels, b.channels, self._families[front].layout,
+                                      self._families[back].layout, device, dtype, rank=self.stitch_rank)
 
     def _route(self, c: StitchConfig) -> Route:
         """The segments a config runs: the front's stem and units up to block j, then the back's from block k."""
         if c.is_anchor:
             return Route((Segment(c.front, 0, len(self._units[c.front])),))
         front = Segment(c.front, 0, self._unit_index(c.front, c.stage, c.front_block) + 1)
+        if c.is_round_trip:  # front -> back -> front again
+            back = Segment(c.back, self._unit_index(c.back, c.stage, c.back_block),
+                           self._unit_index(c.back, c.stage, c.return_block) + 1)
+            resume = Segment(c.front, self._unit_index(c.front, c.stage, c.resume_block), len(self._units[c.front]))
+            return Route((front, back, resume), (c.layer, c.return_layer))
         back = Segment(c.back, self._unit_index(c.back, c.stage, c.back_block), len(self._units[c.back]))
         return Route((front, back), (c.layer,))
 
@@ -262,6 +279,36 @@ class SNNet(SNNetFeatures, nn.Module):
             total += w
             cum.append(total)
         self._cum_weights = cum
+
+    def _init_sampling(self, sampling: str, flops_gap: float, weights: Optional[Sequence[float]]) -> None:
+        if sampling not in SAMPLINGS:
+            raise ValueError(f'unknown sampling {sampling!r}: valid values are {", ".join(map(repr, SAMPLINGS))}')
+        if isinstance(flops_gap, bool) or not isinstance(flops_gap, (int, float)) or not flops_gap > 0:
+            raise ValueError(f'flops_gap must be a positive number of GFLOPs, got {flops_gap!r}')
+        if sampling == 'ros' and weights is not None:
+            raise ValueError("sampling='ros' sets the sampling weights; pass sampling_weights only with 'uniform'")
+        self.sampling, self.flops_gap = sampling, float(flops_gap)
+        self.set_sampling_weights([float(r.is_complete) for r in self._routes] if weights is None else weights)
+        self._sampling_pending = weights is None and sampling == 'ros'  # needs FLOPs: computed at the first draw
+
+    def ros_weights(self) -> list[float]:
+        """Resource-constrained sampling weights over the configs with complete routes (FLOPs at the input size)."""
+        gflops = [c.gflops for c in self.stitch_configs()]
+        return ros_weights(gflops, self.flops_gap, [r.is_complete for r in self._routes])
+
+    @property
+    def _cum_weights(self) -> list[float]:
+        """Cumulative sampling weights. ROS weights are computed here, at the first draw: the FLOPs they need depend
+        on the input size, known once the model is built. FLOPs are deterministic, so every rank gets the same."""
+        if self.__dict__.get('_sampling_pending'):
+            self._sampling_pending = False
+            self.set_sampling_weights(self.ros_weights())
+        return self.__dict__['_cum']
+
+    @_cum_weights.setter
+    def _cum_weights(self, value: list[float]) -> None:
+        self.__dict__['_cum'] = value
+        self.__dict__['_sampling_pending'] = False  # weights set explicitly win over pending ROS weights
 
     def sample_stitch(self) -> int:
         """Draw the next training stitch from (stitch_seed, step): identical on every rank, saved in checkpoints."""
@@ -455,7 +502,8 @@ class SNNet(SNNetFeatures, nn.Module):
         Solved for each (j, k) on all tokens / pixels, then averaged over the configs that share a layer.
         `data` is an image tensor (B, C, H, W) or an iterable of `(images, ...)` batches, already transformed.
         """
-        pairs = self._ls_pairs()
+        # each (layer, front cut, back cut) once: a v2 layer joins the same cuts in many routes
+        pairs = list({(layer, fc, bc): (k, layer, fc, bc) for k, layer, fc, bc in self._ls_pairs()}.values())
         keep: dict[int, set] = {}
         for _, _, (f, fu), (b, bu) in pairs:
             keep.setdefault(f, set()).add(fu)

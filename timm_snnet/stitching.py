@@ -1,9 +1,11 @@
 """Stitching layers and their least-squares initialisation."""
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .families import Layout
@@ -42,6 +44,56 @@ class ConvStitch(nn.Conv2d):
             self.bias.copy_(bias)
 
 
+class LowRankLinearStitch(nn.Module):
+    """SN-Netv2's low-rank stitching layer: `y = x (W + B A / r)^T + b` over channels-last activations.
+
+    `weight` (W, the least-squares solution) is a frozen buffer, saved in the state dict; `lora_A` (r, in),
+    `lora_B` (out, r, zero at init) and `bias` train. The update is added functionally in every forward, never
+    merged into `weight` in place, so train / eval switches, state-dict round trips and DDP cannot count it twice.
+    `merged_weight()` is the dense weight that eval and export use. Scaling is alpha / r with alpha = 1, as the
+    authors'.
+    """
+
+    def __init__(self, in_features: int, out_features: int, rank: int, alpha: float = 1.0, device=None, dtype=None):
+        super().__init__()
+        if rank < 1 or rank > min(in_features, out_features):
+            raise ValueError(f'stitch_rank must be in 1..{min(in_features, out_features)} for a {in_features} -> '
+                             f'{out_features} stitching layer (0 for a dense layer), got {rank}')
+        kw = dict(device=device, dtype=dtype)
+        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.scaling = alpha / rank
+        self.register_buffer('weight', torch.empty(out_features, in_features, **kw))
+        self.bias = nn.Parameter(torch.empty(out_features, **kw))
+        self.lora_A = nn.Parameter(torch.empty(rank, in_features, **kw))
+        self.lora_B = nn.Parameter(torch.empty(out_features, rank, **kw))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """W and b as nn.Linear initialises them (least-squares init replaces both), A as loralib does, B zero."""
+        if self.weight.is_meta:
+            return
+        with torch.no_grad():
+            nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+            nn.init.uniform_(self.bias, -1 / math.sqrt(self.in_features), 1 / math.sqrt(self.in_features))
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+            nn.init.zeros_(self.lora_B)
+
+    def merged_weight(self) -> torch.Tensor:
+        return self.weight + (self.lora_B @ self.lora_A) * self.scaling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.merged_weight(), self.bias)
+
+    def set_affine(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Set the frozen weight and the bias (least-squares init); the low-rank update is kept."""
+        with torch.no_grad():
+            self.weight.copy_(weight)
+            self.bias.copy_(bias)
+
+    def extra_repr(self) -> str:
+        return f'in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}'
+
+
 def create_stitching_layer(
         in_features: int,
         out_features: int,
@@ -49,13 +101,20 @@ def create_stitching_layer(
         out_layout: Layout,
         device=None,
         dtype=None,
+        rank: int = 0,
 ) -> nn.Module:
+    """A dense stitching layer for the layouts, or a low-rank one (`rank` > 0, channels-last layouts only)."""
+    if rank and 'nchw' in (in_layout, out_layout):
+        raise ValueError(f'low-rank stitching layers (stitch_rank={rank}) are linear over channels-last activations; '
+                         f'a {in_layout} -> {out_layout} stitch needs stitch_rank=0')
     if in_layout == 'nchw':
         return ConvStitch(in_features, out_features, out_layout, device=device, dtype=dtype)
     if out_layout == 'nchw':
         raise ValueError(f'cannot stitch a {in_layout} front onto an NCHW back; stitch CNN -> transformer instead')
     if (in_layout == 'tokens') != (out_layout == 'tokens'):
         raise ValueError(f'cannot stitch {in_layout} activations onto {out_layout} activations')
+    if rank:
+        return LowRankLinearStitch(in_features, out_features, rank, device=device, dtype=dtype)
     return LinearStitch(in_features, out_features, device=device, dtype=dtype)
 
 
@@ -78,7 +137,7 @@ class LeastSquares:
         """
         ys = {k: y.to(torch.float64) for k, y in ys.items()}
         targets: dict = {}
-        for x_key, y_key in pairs:
+        for x_key, y_key in dict.fromkeys(pairs):  # a repeated pair must not add its cross terms twice
             targets.setdefault(x_key, []).append(y_key)
         for x_key, y_keys in targets.items():
             xa = self._augment(xs[x_key])
