@@ -112,7 +112,7 @@ class ExportedStitch(nn.Module):
         self._families = [family_for(m) for m in models]
         units = [f.units(m) for f, m in zip(self._families, models)]
         for a, start, stop in self.segments:
-            if not 0 <= start < stop <= len(units[a]):
+            if not 0 <= start <= stop <= len(units[a]):
                 raise ValueError(f'segment [{a}, {start}, {stop}] is out of range: {anchors[a]} has units '
                                  f'0..{len(units[a]) - 1} (a segment runs units [start, stop))')
         # a fixed-size anchor after the first cannot check its input itself once its stem is gone
