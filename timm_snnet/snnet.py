@@ -22,6 +22,7 @@ from .configs import Route, Rule, Segment, StitchConfig, assign_layers, enumerat
 from .families import Family, Unit, family_for
 from .flops import AnchorCosts, anchor_costs, stitching_layer_cost
 from .stitching import LeastSquares, average_affine, create_stitching_layer, to_rows
+from .training import JoinOffPath, anchor_share_weights, check_off_path, distributed, forget, ledger
 from .utils import eval_mode
 
 _MASK64 = (1 << 64) - 1
@@ -37,19 +38,6 @@ def _splitmix64(x: int) -> int:
 def counter_uniform(seed: int, step: int) -> float:
     """Uniform [0, 1) from (seed, step) alone: every DDP rank draws the same stitch without communication."""
     return (_splitmix64(_splitmix64(seed & _MASK64) ^ (step & _MASK64)) >> 11) / float(1 << 53)
-
-
-class _ZeroGradFor(torch.autograd.Function):
-    """Identity on `x` that hands zero gradients to `params`: every parameter joins each step's graph (for DDP)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
-        ctx.specs = [(p.shape, p.dtype, p.device) for p in params]
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return (grad, *(torch.zeros(s, dtype=d, device=dev) for s, d, dev in ctx.specs))
 
 
 def _image_batches(data: Union[torch.Tensor, Iterable], num_images: int, chunk: int) -> Iterator[torch.Tensor]:
@@ -81,6 +69,10 @@ class SNNet(nn.Module):
         stitch_id: active config at start; default the largest anchor.
         stitch_seed: seed of the training-time stitch sampler (the same on every rank).
         sampling_weights: relative sampling weight of each config in training; default uniform.
+        anchor_share: the anchors' total sampling probability in training (e.g. 0.3), the rest uniform over the
+            stitches; instead of `sampling_weights`.
+        off_path: `'skip'` (the paper): parameters off every path sampled since the last optimizer step get no
+            update; `'zero'` (v1 of this package): they get zero gradients, and optimizers decay and move them.
         stitched_final_norm: stitched paths end with the back anchor's final norm (False reproduces SN-Net v1 DeiT).
         stitch_table: measured results per config (rows of a sweep), carried in checkpoints for `select_stitch`.
         pretrained_anchors: load each anchor's own timm pretrained weights.
@@ -101,6 +93,8 @@ class SNNet(nn.Module):
             stitch_id: Optional[int] = None,
             stitch_seed: int = 0,
             sampling_weights: Optional[Sequence[float]] = None,
+            anchor_share: Optional[float] = None,
+            off_path: str = 'skip',
             stitched_final_norm: bool = True,
             stitch_table: Optional[Sequence[dict]] = None,
             pretrained_anchors: bool = False,
@@ -148,6 +142,12 @@ class SNNet(nn.Module):
         self.register_load_state_dict_post_hook(_sync_sample_step)
         self._step = 0
         self._cum_weights: list[float] = []
+        self.off_path = check_off_path(off_path)
+        self.anchor_share = anchor_share
+        if anchor_share is not None:
+            if sampling_weights is not None:
+                raise ValueError('pass either anchor_share or sampling_weights, not both')
+            sampling_weights = anchor_share_weights(len(anchors), len(configs), anchor_share)
         self.set_sampling_weights(sampling_weights)
         self._stitch_id = len(anchors) - 1
         if stitch_id is not None:
@@ -156,7 +156,6 @@ class SNNet(nn.Module):
         if stitch_table is not None:
             self.set_stitch_table(stitch_table)
         self._costs: dict = {}
-        self._off_path: dict = {}
 
     # --- structure -------------------------------------------------------------------------------------------------
     @staticmethod
@@ -338,6 +337,8 @@ class SNNet(nn.Module):
 
     def _features(self, x: torch.Tensor, stitch_id: int) -> torch.Tensor:
         route = self._routes[stitch_id]
+        if self.off_path == 'skip' and self.training and torch.is_grad_enabled() and not is_fx_tracing():
+            ledger(self).record(self, stitch_id)  # the optimizer pre-hook updates only what a forward used
         if not is_fx_tracing():  # the input must suit every anchor on the path
             for anchor in dict.fromkeys(s.anchor for s in route.segments):
                 self._families[anchor].check_input(self.anchors[anchor], x)
@@ -371,20 +372,18 @@ class SNNet(nn.Module):
         else:
             k = self._stitch_id
         x = self._head(self._features(x, k), k)
-        if self.training and torch.is_grad_enabled():
+        if self.training and torch.is_grad_enabled() and (self.off_path == 'zero' or distributed()):
             x = self._join_off_path(x, k, tracing)
         return x
 
     def _join_off_path(self, x: torch.Tensor, stitch_id: int, tracing: bool) -> torch.Tensor:
-        """Give parameters off the path a zero gradient, so DDP without find_unused_parameters works."""
-        if stitch_id not in self._off_path:
-            self._off_path[stitch_id] = self._off_path_names(stitch_id)
-        names = self._off_path[stitch_id]
+        """Join parameters off the path to the graph, so DDP without find_unused_parameters works: with a zero
+        gradient (`off_path='zero'`) or an undefined one (`'skip'`: DDP's reducer zero-fills its buckets)."""
         if tracing:  # reach parameters as module attributes so FX records them
-            zero = sum(getattr(self.get_submodule(m), p).sum() for m, p in names) * 0.0
+            zero = sum(getattr(self.get_submodule(m), p).sum() for m, p in self._off_path_names(stitch_id)) * 0.0
             return x + zero
-        params = [getattr(self.get_submodule(m), p) for m, p in names]
-        return _ZeroGradFor.apply(x, *params) if params else x
+        params = ledger(self).off_path(self, stitch_id)
+        return JoinOffPath.apply(x, self.off_path == 'zero', *params) if params else x
 
     def _off_path_names(self, stitch_id: int) -> list[tuple[str, str]]:
         route = self._routes[stitch_id]
@@ -505,7 +504,7 @@ class SNNet(nn.Module):
             else:
                 model.reset_classifier(num_classes, global_pool)
         self._costs.clear()
-        self._off_path.clear()
+        forget(self)
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
