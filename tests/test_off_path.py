@@ -275,3 +275,19 @@ def test_tiny_ids():
     model = tiny(NAME)
     configs = model.stitch_configs(TINY[NAME][1])
     assert (configs[TI_S].front, configs[TI_S].back) == (0, 1) and (configs[S_B].front, configs[S_B].back) == (1, 2)
+
+
+def test_reset_classifier_new_heads_follow_the_rule():
+    """New parameters (reset_classifier) are covered: the caches are rebuilt."""
+    model = tiny(NAME, num_classes=CLASSES).train()
+    model(tiny_input(NAME), stitch_id=S_B).sum().backward()  # caches hold the old heads
+    model.reset_classifier(7)
+    model.zero_grad()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.5)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)  # zero gradients everywhere, as zero_grad(set_to_none=False) leaves them
+    head = model.anchors[0].head.weight.detach().clone()
+    model(tiny_input(NAME), stitch_id=S_B).sum().backward()
+    opt.step()
+    assert torch.equal(model.anchors[0].head.weight, head)
+    assert not opt.state[model.anchors[0].head.weight]
