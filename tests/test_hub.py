@@ -22,7 +22,7 @@ from timm_snnet.hub import SNNetLoadError, load_snnet, parse_card_table, push_sn
 
 REPO = 'tester/snnet-tiny'
 ARCH_ARGS = {'anchors', 'anchor_kwargs', 'names', 'rule', 'stages', 'kernel_size', 'stride', 'layer_assignment',
-             'stitched_final_norm', 'stitch_id', 'stitch_table'}
+             'stitched_final_norm', 'stitch_id', 'stitch_table', 'anchor_share', 'off_path'}
 
 
 
