@@ -240,6 +240,9 @@ def _ddp_worker(rank: int, port: int) -> None:
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     dist.init_process_group('gloo', rank=rank, world_size=2)
     try:
+        model = tiny(NAME, num_classes=CLASSES).train()  # a process group, no DDP: the join allocates no gradient
+        model(tiny_input(NAME), stitch_id=S_B).sum().backward()
+        assert model.anchors[0].head.weight.grad is None and model.anchors[2].head.weight.grad is not None
         for bucket_view in (False, True):
             model, opt, ref, ref_opt = _setup(OPTIMIZERS['adamw_foreach'])  # same on both ranks
             ddp = DDP(model, gradient_as_bucket_view=bucket_view)
