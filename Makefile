@@ -34,7 +34,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check timm_snnet tests examples benchmarks hub
 
 bench: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.run $(if $(QUICK),--quick,)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.run $(if $(QUICK),--quick,) $(if $(ONLY),--only $(ONLY),)
 
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 

@@ -117,8 +117,19 @@ def test_ls_init_rejects_bad_data(tiny_name):
         model.init_stitching_layers([('not images', 1)], progress=False)
 
 
-def test_train_step_every_param_gets_grad(tiny_name):
+def test_train_step_grads_only_on_the_path(tiny_name):
+    """The default (off_path='skip'), single process: the sampled path's parameters get gradients, no other does."""
     model = tiny(tiny_name).train()
+    model(tiny_input(tiny_name)).mean().backward()
+    model._step -= 1  # replay the draw
+    off = {f'{m}.{p}' for m, p in model._off_path_names(model.sample_stitch())}
+    assert off, 'the sampled path leaves parameters out'
+    assert {n for n, p in model.named_parameters() if p.grad is None} == off
+
+
+def test_train_step_every_param_gets_grad(tiny_name):
+    """off_path='zero' (v1): every parameter joins each training step's graph with a zero gradient."""
+    model = tiny(tiny_name, off_path='zero').train()
     x = tiny_input(tiny_name)
     out = model(x)
     sampled = int(model.sample_step) - 1

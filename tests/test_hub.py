@@ -23,7 +23,7 @@ from timm_snnet.sources import REFERENCE_DIR
 
 REPO = 'tester/snnet-tiny'
 ARCH_ARGS = {'anchors', 'anchor_kwargs', 'names', 'rule', 'stages', 'kernel_size', 'stride', 'layer_assignment',
-             'stitched_final_norm', 'stitch_id', 'stitch_table'}
+             'stitched_final_norm', 'stitch_id', 'stitch_table', 'anchor_share', 'off_path'}
 
 
 

@@ -21,7 +21,7 @@ from image_folder import make_image_folder
 from timm import utils
 from timm.data import create_dataset, create_loader, resolve_data_config
 from timm.loss import LabelSmoothingCrossEntropy
-from timm.models import load_checkpoint, resume_checkpoint
+from timm.models import load_checkpoint, model_parameters, resume_checkpoint
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.task import ClassificationTask, load_task_ema_checkpoint, resume_task_checkpoint
@@ -47,7 +47,7 @@ def train_args(data: Path, output: Path, **overrides) -> argparse.Namespace:
         recount=1, train_interpolation='random', smoothing=0.1, drop=0.0, drop_path=0.1, drop_block=None,
         bn_momentum=None, bn_eps=None, torchscript=False, model_ema=True, model_ema_decay=0.9,
         model_ema_warmup=False, seed=42, workers=0, pin_mem=False, no_prefetcher=False, checkpoint_hist=10,
-        eval_metric='top1', device='cpu', output=str(output),
+        eval_metric='top1', device='cpu', output=str(output), grad_accum_steps=1, clip_grad=None, clip_mode='norm',
     )
     args.update(overrides)
     return argparse.Namespace(**args)
@@ -62,6 +62,7 @@ def run_train(args: argparse.Namespace, out_dir: Path) -> dict:
         drop_rate=args.drop, drop_path_rate=args.drop_path, drop_block_rate=args.drop_block, global_pool=args.gp,
         bn_momentum=args.bn_momentum, bn_eps=args.bn_eps, scriptable=args.torchscript,
         checkpoint_path=args.initial_checkpoint, **args.model_kwargs)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
     data_config = resolve_data_config(vars(args), model=model)
     model.to(device=device)
 
@@ -99,7 +100,8 @@ def run_train(args: argparse.Namespace, out_dir: Path) -> dict:
     saver = utils.CheckpointSaver(model=model, optimizer=optimizer, args=args, checkpoint_dir=out_dir,
                                   recovery_dir=out_dir, decreasing=False, max_history=args.checkpoint_hist,
                                   task=task)
-    updates_per_epoch = len(loader_train)
+    accum = args.grad_accum_steps
+    updates_per_epoch = (len(loader_train) + accum - 1) // accum
     lr_scheduler, num_epochs = create_scheduler_v2(
         optimizer, **scheduler_kwargs(args, decreasing_metric=False), updates_per_epoch=updates_per_epoch)
     start_epoch = args.start_epoch if args.start_epoch is not None else (resume_epoch or 0)
@@ -119,11 +121,18 @@ def run_train(args: argparse.Namespace, out_dir: Path) -> dict:
         model.train()
         num_updates, losses = epoch * updates_per_epoch, []
         optimizer.zero_grad()
-        for input, target in loader_train:
+        for batch_idx, (input, target) in enumerate(loader_train):
+            need_update = batch_idx == len(loader_train) - 1 or (batch_idx + 1) % accum == 0
             loss = task(input, target)['loss']
-            loss.backward()
-            optimizer.step()
+            (loss / accum if accum > 1 else loss).backward()
+            if need_update:
+                if args.clip_grad is not None:
+                    utils.dispatch_clip_grad(model_parameters(model, exclude_head='agc' in args.clip_mode),
+                                             value=args.clip_grad, mode=args.clip_mode)
+                optimizer.step()
             losses.append(loss.item())
+            if not need_update:
+                continue
             num_updates += 1
             optimizer.zero_grad()
             task.update_ema(step=num_updates)
@@ -135,7 +144,7 @@ def run_train(args: argparse.Namespace, out_dir: Path) -> dict:
         lr_scheduler.step(epoch + 1, top1)
         lrs.append(optimizer.param_groups[-1]['lr'])
     del model.sample_stitch
-    return dict(model=model, ema=task.get_trainable_module(ema=True).module, optimizer=optimizer,
+    return dict(model=model, initial=initial, ema=task.get_trainable_module(ema=True).module, optimizer=optimizer,
                 start_epoch=start_epoch, step_at_start=step_at_start, stitches=stitches, losses=epoch_losses,
                 top1=eval_top1, lrs=lrs, updates_per_epoch=updates_per_epoch, loader_eval=loader_eval)
 
@@ -303,3 +312,25 @@ def test_train_step_checkpoint_resume_every_model(tiny_name, tmp_path):
         assert torch.equal(a, b), k
     assert other.trainable_module._step == 1
     assert int(other.get_trainable_module(ema=True).module.sample_step) == 1
+
+
+def test_grad_accum_clip_ema_leave_off_path_parameters_untouched(tmp_path):
+    """--grad-accum-steps 2 --clip-grad 1 --model-ema, AdamW with weight decay, stitches only (anchor_share=0): a
+    parameter on none of the drawn paths (Ti's head, B's stem) is never stepped, keeps its initial value, and so does
+    its EMA; the others moved."""
+    data = make_image_folder(tmp_path / 'data', classes=CLASSES, train=8, val=1, size=32)
+    args = train_args(data, tmp_path / 'out', epochs=1, grad_accum_steps=2, clip_grad=1.0,
+                      model_kwargs={**TINY[NAME][0], 'anchor_share': 0.0})
+    with _restore_rngs():
+        run = run_train(args, tmp_path / 'out')
+    model, ema, opt = run['model'], run['ema'], run['optimizer']
+    assert run['updates_per_epoch'] == 2 and len(run['stitches']) == 4
+    assert all(k >= 3 for k in run['stitches']), 'anchor_share=0 draws only stitches'
+    off = set.intersection(*({f'{m}.{p}' for m, p in model._off_path_names(k)} for k in run['stitches']))
+    assert {'anchors.0.head.weight', 'anchors.2.patch_embed.proj.weight'} <= off
+    params, ema_params = dict(model.named_parameters()), dict(ema.named_parameters())
+    for n, p in params.items():
+        if n in off:
+            assert not opt.state[p], f'{n} was stepped off the path'
+            assert torch.equal(p, run['initial'][n]) and torch.equal(ema_params[n], run['initial'][n]), n
+    assert sum(not torch.equal(p, run['initial'][n]) for n, p in params.items() if n not in off) > len(params) // 3

@@ -62,9 +62,11 @@ PLOT_NAME = 'pareto.png'
 PICKLE_PATTERNS = ['*.bin', '*.pt', '*.pth', '*.pth.tar', '*.ckpt', '*.pkl']  # deleted from the repo on push
 PathLike = Union[str, Path]
 
-# SNNet arguments that rebuild the architecture; recorded (defaults included) in every model's timm model_args
+# SNNet arguments that rebuild the architecture (and its training behaviour); recorded (defaults included) in every
+# model's timm model_args
 _ARCH_ARGS = ('anchors', 'anchor_kwargs', 'rule', 'stages', 'kernel_size', 'stride', 'layer_assignment',
-              'stitched_final_norm', 'stitch_seed', 'sampling', 'flops_gap', 'stitch_rank')
+              'stitched_final_norm', 'stitch_seed', 'sampling', 'flops_gap', 'stitch_rank', 'anchor_share',
+              'off_path')
 
 
 class SNNetLoadError(RuntimeError):

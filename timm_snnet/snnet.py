@@ -25,6 +25,7 @@ from .features import SNNetFeatures
 from .flops import AnchorCosts, anchor_costs, stitching_layer_cost
 from .sampling import SAMPLINGS, Sampling, ros_weights
 from .stitching import LeastSquares, average_affine, create_stitching_layer, to_rows
+from .training import JoinOffPath, anchor_share_weights, check_off_path, distributed, forget, ledger
 from .utils import eval_mode
 
 _MASK64 = (1 << 64) - 1
@@ -40,19 +41,6 @@ def _splitmix64(x: int) -> int:
 def counter_uniform(seed: int, step: int) -> float:
     """Uniform [0, 1) from (seed, step) alone: every DDP rank draws the same stitch without communication."""
     return (_splitmix64(_splitmix64(seed & _MASK64) ^ (step & _MASK64)) >> 11) / float(1 << 53)
-
-
-class _ZeroGradFor(torch.autograd.Function):
-    """Identity on `x` that hands zero gradients to `params`: every parameter joins each step's graph (for DDP)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
-        ctx.specs = [(p.shape, p.dtype, p.device) for p in params]
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return (grad, *(torch.zeros(s, dtype=d, device=dev) for s, d, dev in ctx.specs))
 
 
 def _image_batches(data: Union[torch.Tensor, Iterable], num_images: int, chunk: int) -> Iterator[torch.Tensor]:
@@ -88,6 +76,10 @@ class SNNet(SNNetFeatures, nn.Module):
         sampling: `'uniform'` (every config alike) or `'ros'` (SN-Netv2's resource-constrained sampling: a FLOPs
             group uniformly, then a config in it). Configs whose route ends in an empty segment are not sampled.
         flops_gap: width of a ROS FLOPs group in GFLOPs (at the model's input size).
+        anchor_share: the anchors' total sampling probability in training (e.g. 0.3), the rest uniform over the
+            stitches; instead of `sampling_weights` or `sampling='ros'`.
+        off_path: `'skip'` (the paper): parameters off every path sampled since the last optimizer step get no
+            update; `'zero'` (v1 of this package): they get zero gradients, and optimizers decay and move them.
         stitch_rank: rank of the low-rank update on frozen least-squares stitching layers (0: dense layers).
         stitched_final_norm: stitched paths end with the back anchor's final norm (False reproduces SN-Net v1 DeiT).
         stitch_table: measured results per config (rows of a sweep), carried in checkpoints for `select_stitch`.
@@ -113,6 +105,8 @@ class SNNet(SNNetFeatures, nn.Module):
             sampling_weights: Optional[Sequence[float]] = None,
             sampling: Sampling = 'uniform',
             flops_gap: float = 1.0,
+            anchor_share: Optional[float] = None,
+            off_path: str = 'skip',
             stitch_rank: int = 0,
             stitched_final_norm: bool = True,
             stitch_table: Optional[Sequence[dict]] = None,
@@ -169,7 +163,17 @@ class SNNet(SNNetFeatures, nn.Module):
         self.register_load_state_dict_post_hook(_sync_sample_step)
         self._step = 0
         self._cum_weights: list[float] = []
-        self._init_sampling(sampling, flops_gap, sampling_weights)
+        self.off_path = check_off_path(off_path)
+        self.anchor_share = anchor_share
+        if anchor_share is not None:
+            if sampling_weights is not None or sampling != 'uniform':
+                raise ValueError(f'pass one of anchor_share, sampling_weights and sampling=\'ros\', not several '
+                                 f'(got anchor_share={anchor_share!r}, sampling={sampling!r})')
+            weights = anchor_share_weights(len(anchors), len(configs), anchor_share)
+            sampling_weights = [w * r.is_complete for w, r in zip(weights, self._routes)]
+            self._init_sampling(sampling, flops_gap, sampling_weights, explicit=False)
+        else:
+            self._init_sampling(sampling, flops_gap, sampling_weights, explicit=sampling_weights is not None)
         self._stitch_id = len(anchors) - 1
         self._pruned_to: Optional[int] = None  # set by prune_intermediate_layers: the one stitch left
         if stitch_id is not None:
@@ -178,7 +182,6 @@ class SNNet(SNNetFeatures, nn.Module):
         if stitch_table is not None:
             self.set_stitch_table(stitch_table)
         self._costs: dict = {}
-        self._off_path: dict = {}
 
     # --- structure -------------------------------------------------------------------------------------------------
     @staticmethod
@@ -266,8 +269,10 @@ class SNNet(SNNetFeatures, nn.Module):
         """Make `stitch_id` the active config (O(1)). It runs in eval mode and in `forward_features`/`forward_head`."""
         self._stitch_id = self._check_id(stitch_id)
 
-    def set_sampling_weights(self, weights: Optional[Sequence[float]] = None) -> None:
-        """Relative probability of each config in training-time sampling; None is uniform."""
+    def set_sampling_weights(self, weights: Optional[Sequence[float]] = None, explicit: bool = True) -> None:
+        """Relative probability of each config in training-time sampling; None is uniform. Explicit weights replace
+        the constructor's `sampling` / `anchor_share` in the saved model_args."""
+        self._explicit_weights = explicit
         if weights is None:
             weights = [1.0] * len(self._configs)
         weights = [float(w) for w in weights]
@@ -280,7 +285,8 @@ class SNNet(SNNetFeatures, nn.Module):
             cum.append(total)
         self._cum_weights = cum
 
-    def _init_sampling(self, sampling: str, flops_gap: float, weights: Optional[Sequence[float]]) -> None:
+    def _init_sampling(self, sampling: str, flops_gap: float, weights: Optional[Sequence[float]],
+                       explicit: bool) -> None:
         if sampling not in SAMPLINGS:
             raise ValueError(f'unknown sampling {sampling!r}: valid values are {", ".join(map(repr, SAMPLINGS))}')
         if isinstance(flops_gap, bool) or not isinstance(flops_gap, (int, float)) or not flops_gap > 0:
@@ -288,7 +294,8 @@ class SNNet(SNNetFeatures, nn.Module):
         if sampling == 'ros' and weights is not None:
             raise ValueError("sampling='ros' sets the sampling weights; pass sampling_weights only with 'uniform'")
         self.sampling, self.flops_gap = sampling, float(flops_gap)
-        self.set_sampling_weights([float(r.is_complete) for r in self._routes] if weights is None else weights)
+        self.set_sampling_weights([float(r.is_complete) for r in self._routes] if weights is None else weights,
+                                  explicit=explicit)
         self._sampling_pending = weights is None and sampling == 'ros'  # needs FLOPs: computed at the first draw
 
     def ros_weights(self) -> list[float]:
@@ -302,7 +309,7 @@ class SNNet(SNNetFeatures, nn.Module):
         on the input size, known once the model is built. FLOPs are deterministic, so every rank gets the same."""
         if self.__dict__.get('_sampling_pending'):
             self._sampling_pending = False
-            self.set_sampling_weights(self.ros_weights())
+            self.set_sampling_weights(self.ros_weights(), explicit=False)
         return self.__dict__['_cum']
 
     @_cum_weights.setter
@@ -408,6 +415,8 @@ class SNNet(SNNetFeatures, nn.Module):
 
     def _features(self, x: torch.Tensor, stitch_id: int) -> torch.Tensor:
         route = self._routes[stitch_id]
+        if self.off_path == 'skip' and self.training and torch.is_grad_enabled() and not is_fx_tracing():
+            ledger(self).record(self, stitch_id)  # the optimizer pre-hook updates only what a forward used
         self._check_route_input(route, x)
         first = route.first
         x = self._families[first.anchor].stem(self.anchors[first.anchor], x)
@@ -437,20 +446,18 @@ class SNNet(SNNetFeatures, nn.Module):
         else:
             k = self._stitch_id
         x = self._head(self._features(x, k), k)
-        if self.training and torch.is_grad_enabled():
+        if self.training and torch.is_grad_enabled() and (self.off_path == 'zero' or distributed()):
             x = self._join_off_path(x, k, tracing)
         return x
 
     def _join_off_path(self, x: torch.Tensor, stitch_id: int, tracing: bool) -> torch.Tensor:
-        """Give parameters off the path a zero gradient, so DDP without find_unused_parameters works."""
-        if stitch_id not in self._off_path:
-            self._off_path[stitch_id] = self._off_path_names(stitch_id)
-        names = self._off_path[stitch_id]
+        """Join parameters off the path to the graph, so DDP without find_unused_parameters works: with a zero
+        gradient (`off_path='zero'`) or an undefined one (`'skip'`: DDP's reducer zero-fills its buckets)."""
         if tracing:  # reach parameters as module attributes so FX records them
-            zero = sum(getattr(self.get_submodule(m), p).sum() for m, p in names) * 0.0
+            zero = sum(getattr(self.get_submodule(m), p).sum() for m, p in self._off_path_names(stitch_id)) * 0.0
             return x + zero
-        params = [getattr(self.get_submodule(m), p) for m, p in names]
-        return _ZeroGradFor.apply(x, *params) if params else x
+        params = ledger(self).off_path(self, stitch_id)
+        return JoinOffPath.apply(x, self.off_path == 'zero', *params) if params else x
 
     def _off_path_names(self, stitch_id: int) -> list[tuple[str, str]]:
         route = self._routes[stitch_id]
@@ -565,8 +572,10 @@ class SNNet(SNNetFeatures, nn.Module):
         """Settings that change after construction, as create_model kwargs. timm reads `_model_args` when it saves,
         and that merges these in, so timm's own save_for_hf / push_to_hf_hub keep the active stitch, the sampling
         settings and the stitch table. Add new runtime settings here."""
-        args = dict(stitch_id=self._stitch_id, stitch_seed=self.stitch_seed,
-                    sampling_weights=self._sampling_weights, stitch_table=self.stitch_table)
+        args = dict(stitch_id=self._stitch_id, stitch_seed=self.stitch_seed, stitch_table=self.stitch_table,
+                    sampling_weights=self._sampling_weights if self._explicit_weights else None)
+        if self._explicit_weights:  # weights set by hand replace the constructor's sampling rule
+            args.update(sampling='uniform', anchor_share=None)
         recorded = self.__dict__.get('_recorded_model_args', {})
         if recorded.get('pretrained_anchors'):
             args['pretrained_anchors'] = False  # the anchors' weights are in the state dict now
@@ -602,7 +611,7 @@ class SNNet(SNNetFeatures, nn.Module):
             else:
                 model.reset_classifier(num_classes, global_pool)
         self._costs.clear()
-        self._off_path.clear()
+        forget(self)
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
