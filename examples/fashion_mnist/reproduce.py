@@ -306,7 +306,7 @@ def plot_seeds(runs: Sequence[dict], num_anchors: int, names: Sequence[str], tit
 class Setting:
     widths: tuple[int, ...] = (32, 64, 128)
     patch_size: int = 7
-    anchor_epochs: float = 2.0
+    anchor_epochs: float = 3.0
     snnet_epochs: float = 1.0
     batch_size: int = 128
     anchor_lr: float = 1e-3
