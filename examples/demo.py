@@ -1,65 +1,128 @@
-"""The main demo (`make demo`): one SN-Net, 71 networks, switched at runtime. Runs offline.
+"""The main demo (`make demo`): a real trained SN-Net switching between 71 networks, offline, in about a minute.
 
-Weights are random here (the machine is offline); with internet use `pretrained=True` for SN-Net weights or
-`pretrained_anchors=True` for timm's DeiT weights.
+1. The Fashion-MNIST SN-Net that `make reproduce` trains (DeiT Ti/S/B anchors of widths 32/64/128), shipped in
+   `examples/fashion_mnist/model` and loaded through timm's own `local-dir:` path: every stitch is evaluated on real
+   test images and timed on one thread; `select_stitch` picks one for a budget; a Pareto plot is written.
+2. The full-size `snnet_deit_tsb` (random weights: the machine is offline): its config table and the O(1) switch.
 """
+from __future__ import annotations
+
 import argparse
+import statistics
+import sys
 import time
 import timeit
+from pathlib import Path
 
 import timm
 import torch
+from safetensors.torch import load_file
 
 import timm_snnet  # noqa: F401  (registers snnet_* in timm)
+from timm_snnet.selection import pareto_front
+from timm_snnet.sweep import plot_sweep, write_results
+
+HERE = Path(__file__).resolve().parent
+MODEL_DIR = HERE / 'fashion_mnist' / 'model'
+DEBIAN_DIR = Path('/usr/share/datasets/fashion-mnist')
 
 
-def latency_ms(model: torch.nn.Module, x: torch.Tensor, stitch_id: int, repeats: int = 5) -> float:
-    """Median wall time of one forward of `stitch_id`."""
+def test_images(model_dir: Path, data_dir: Path) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """The demo's test images: the shipped subset, read from the Debian package when it is installed."""
+    shipped = load_file(str(model_dir / 'test_images.safetensors'))
+    n = len(shipped['labels'])
+    if all((data_dir / f'{name}.gz').is_file() for name in ('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')):
+        sys.path.insert(0, str(HERE / 'fashion_mnist'))
+        import reproduce  # the pipeline's own IDX reader and subset (the same images as the shipped ones)
+
+        images, labels = reproduce.demo_subset(reproduce.load_split(data_dir, 'test'), n)
+        return images, labels, f'{n} Fashion-MNIST test images from {data_dir}'
+    return shipped['images'], shipped['labels'].long(), f'{n} Fashion-MNIST test images shipped in {model_dir}'
+
+
+def latency_ms(model: torch.nn.Module, x: torch.Tensor, stitch_id: int, warmup: int = 3, repeats: int = 15) -> float:
+    """Median wall time of one forward of `stitch_id` (after warm-up)."""
+    for _ in range(warmup):
+        model(x, stitch_id=stitch_id)
     times = []
-    with torch.inference_mode():
-        model(x, stitch_id=stitch_id)  # warm-up
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(x, stitch_id=stitch_id)
-            times.append(time.perf_counter() - start)
-    return 1000 * sorted(times)[len(times) // 2]
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(x, stitch_id=stitch_id)
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+@torch.inference_mode()
+def trained_snnet(args: argparse.Namespace) -> None:
+    start = time.perf_counter()
+    model = timm.create_model(f'local-dir:{args.model_dir}', pretrained=True).eval()
+    cfg = timm.data.resolve_model_data_config(model)
+    print(f"loaded timm.create_model('local-dir:{args.model_dir}', pretrained=True) in "
+          f'{time.perf_counter() - start:.1f}s: {model.num_configs} configs, '
+          f'{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, input {tuple(cfg["input_size"])}')
+    images, labels, source = test_images(args.model_dir, args.data_dir)
+    mean, std = torch.tensor(cfg['mean']).view(1, -1, 1, 1), torch.tensor(cfg['std']).view(1, -1, 1, 1)
+    x = (images.float().unsqueeze(1) / 255 - mean) / std
+    print(f'evaluating every stitch on {source}; latency: batch 1, 1 thread, median of 15 after warm-up\n')
+
+    stored = {r['id']: r for r in model.stitch_table or []}
+    rows = []
+    print(f'{"id":>3}  {"path":<20} {"MFLOPs":>7} {"top-1 %":>8} {"(table)":>8} {"ms":>6}')
+    for c in model.stitch_configs():
+        correct = sum(int((model(xb, stitch_id=c.id).argmax(1) == yb).sum())
+                      for xb, yb in zip(x.split(250), labels.split(250)))
+        top1 = 100.0 * correct / len(labels)
+        ms = latency_ms(model, x[:1], c.id)
+        rows.append(dict(id=c.id, path=model.describe(c), gflops=c.gflops, params=c.params, top1=top1,
+                         latency_ms_b1=ms))
+        table = stored.get(c.id, {}).get('top1')
+        print(f'{c.id:>3}  {model.describe(c):<20} {1e3 * c.gflops:>7.2f} {top1:>8.2f} '
+              f'{table if table is None else f"{table:.2f}":>8} {ms:>6.2f}')
+
+    anchors = [r for r in rows if r['id'] < len(model.anchors)]
+    print('\nanchors: ' + ', '.join(f'{r["path"]} {r["top1"]:.2f}% at {1e3 * r["gflops"]:.1f} MFLOPs, '
+                                    f'{r["latency_ms_b1"]:.2f} ms' for r in anchors))
+    budget = anchors[-1]['gflops'] / 2
+    best = model.select_stitch(max_gflops=budget, table=rows)
+    model.set_stitch(best)
+    print(f'select_stitch(max_gflops={budget * 1e3:.1f}e-3) -> {best} ({rows[best]["path"]}): '
+          f'{rows[best]["top1"]:.2f}% at {1e3 * rows[best]["gflops"]:.2f} MFLOPs, half the largest anchor\'s cost')
+    print(f'Pareto front (ids, by FLOPs): {pareto_front(rows, "gflops", "top1")}')
+    args.output.mkdir(parents=True, exist_ok=True)
+    write_results(args.output, dict(model=f'local-dir:{args.model_dir}', anchors=[r['id'] for r in anchors],
+                                    data=dict(source=source, num_images=len(labels)), rows=rows))
+    print(f'wrote {plot_sweep(args.output / "sweep.json", args.output / "pareto.png")} and '
+          f'{args.output / "sweep.json"}')
+
+
+@torch.inference_mode()
+def full_size(name: str) -> None:
+    start = time.perf_counter()
+    model = timm.create_model(name).eval()
+    configs = model.stitch_configs()
+    print(f'\n{name} at full size (random weights, offline): built with its FLOPs table in '
+          f'{time.perf_counter() - start:.1f}s, {model.num_configs} configs, '
+          f'{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters')
+    half = (len(configs) + 1) // 2
+    for left, right in zip(configs[:half], list(configs[half:]) + [None]):
+        cell = lambda c: f'{c.id:>3} {model.describe(c):<18} {c.gflops:>6.2f} GFLOPs'  # noqa: E731
+        print(f'  {cell(left)}    {cell(right) if right else ""}')
+    for k in (0, 20, 2):
+        us = 1e6 * timeit.timeit(lambda k=k: model.set_stitch(k), number=10_000) / 10_000
+        print(f'set_stitch({k}) in {us:.1f} us: active {model.stitch_id} ({model.describe(configs[k])})')
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--model', default='snnet_deit_tsb')
-    parser.add_argument('--stitches', default='0,3,20,37,55,1,2', help='comma separated config ids to time')
+    parser.add_argument('--model-dir', type=Path, default=MODEL_DIR, help='a saved SN-Net (config.json + weights)')
+    parser.add_argument('--data-dir', type=Path, default=DEBIAN_DIR, help='Fashion-MNIST IDX files, if installed')
+    parser.add_argument('--output', type=Path, default=Path('out/demo'), help='sweep.json and pareto.png go here')
+    parser.add_argument('--full-size', default='snnet_deit_tsb', help="full-size model to tabulate ('' to skip)")
     args = parser.parse_args()
-    torch.manual_seed(0)
-
-    start = time.perf_counter()
-    model = timm.create_model(args.model).eval()
-    print(f'built {args.model} in {time.perf_counter() - start:.1f}s: {model.num_configs} configs, '
-          f'{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters '
-          f'({len(model.stitch_layers)} stitching layers)')
-
-    start = time.perf_counter()
-    configs = model.stitch_configs()
-    print(f'config table (fvcore, attention counted) in {time.perf_counter() - start:.1f}s\n')
-    print(f'{"id":>3}  {"path":<26} {"GFLOPs":>7} {"params (M)":>10}')
-    for c in configs:
-        print(f'{c.id:>3}  {model.describe(c):<26} {c.gflops:>7.2f} {c.params / 1e6:>10.2f}')
-
-    x = torch.randn(1, *model.pretrained_cfg['input_size'])
-    print('\nlatency of one 224x224 image on this CPU:')
-    for k in (int(s) for s in args.stitches.split(',')):
-        c = configs[k]
-        print(f'  stitch {k:>2}  {model.describe(c):<26} {c.gflops:>6.2f} GFLOPs  {latency_ms(model, x, k):>7.1f} ms')
-
-    print('\nset_stitch switches the active network in O(1):')
-    for k in (0, 20, 2):
-        switch_us = 1e6 * timeit.timeit(lambda k=k: model.set_stitch(k), number=10_000) / 10_000
-        with torch.inference_mode():
-            top = model(x).softmax(-1).max().item()
-        print(f'  set_stitch({k:>2}) in {switch_us:.1f} us -> active {model.stitch_id} '
-              f'({model.describe(configs[model.stitch_id])}), max prob {top:.4f}')
-    best = configs[model.select_stitch(max_gflops=5.0)]  # FLOPs alone here; a sweep table ranks by accuracy
-    print(f'\nselect_stitch(max_gflops=5): {best.id} ({model.describe(best)}, {best.gflops:.2f} GFLOPs)')
+    torch.set_num_threads(1)  # fair latency: one thread, no contention between the two cores
+    trained_snnet(args)
+    if args.full_size:
+        full_size(args.full_size)
 
 
 if __name__ == '__main__':

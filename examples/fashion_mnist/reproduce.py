@@ -1,11 +1,13 @@
 """SN-Net's FLOPs-accuracy curve on real images: Fashion-MNIST, three DeiT-style anchors, one `snnet_deit_tsb`.
 
 Steps (each logged with its wall time):
-  1. train three anchors (timm VisionTransformer, depth 12, three widths) standalone;
-  2. build `snnet_deit_tsb` from them (same engine, same entry point), load the anchors' weights;
-  3. least-squares init of the stitching layers from 100 training images;
-  4. train the SN-Net with stitch sampling, once per variant (uniform, and the anti-forgetting remedies);
-  5. sweep every stitch on the test set with `timm_snnet.sweep`, plot the Pareto front, write report.md.
+  1. train three anchors (timm VisionTransformer, depth 12, three widths) standalone, once: they are cached
+     (`--anchor-cache`) and reused by every seed and variant;
+  2. per run: build `snnet_deit_tsb` from them (same engine, same entry point), least-squares init of the stitching
+     layers from 100 training images, SN-Net training with stitch sampling (the paper's optimizer semantics);
+  3. the first variant runs with `--num-seeds` seeds, every other variant (uniform, ROS, ...) with the first seed;
+  4. sweep every stitch on the test set with `timm_snnet.sweep`, plot the Pareto fronts, write report.md with the
+     seeds' mean and std, and OUT/model: the first run's SN-Net (fp16) with its stitch table, for `make demo`.
 
     python examples/fashion_mnist/reproduce.py                    # full run (see RESULTS.md for its numbers)
     python examples/fashion_mnist/reproduce.py --quick            # the same pipeline in a few minutes
@@ -16,9 +18,12 @@ from __future__ import annotations
 import argparse
 import copy
 import gzip
+import hashlib
 import json
 import math
+import shutil
 import struct
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -29,7 +34,7 @@ import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 import timm_snnet  # noqa: F401  (registers snnet_deit_tsb)
@@ -45,12 +50,14 @@ FILES = {
 CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot')
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST training-set pixel statistics
 
-# variant -> (share of training steps that go to the anchors, lr multiplier of the stitching layers)
+ROS_GAP = 0.003  # GFLOPs: ROS FLOPs groups of 3 MFLOPs over these anchors' 2.8-41 MFLOPs range
+# variant -> (SN-Net sampling kwargs, lr multiplier of the stitching layers)
 VARIANTS = {
-    'uniform': (None, 1.0),  # the paper's recipe: every config equally likely
-    'anchor_boost': (0.3, 1.0),  # the three anchors get 30% of the steps (10% each instead of 1.4%)
-    'stitch_lr': (None, 10.0),  # stitching layers at 10x the learning rate (the paper's Swin recipe)
-    'both': (0.3, 10.0),
+    'uniform': ({}, 1.0),  # the paper's recipe: every config equally likely
+    'anchor_boost': ({'anchor_share': 0.3}, 1.0),  # the three anchors get 30% of the steps (10% each, not 1.4%)
+    'stitch_lr': ({}, 10.0),  # stitching layers at 10x the learning rate (the paper's Swin recipe)
+    'both': ({'anchor_share': 0.3}, 10.0),
+    'ros': ({'sampling': 'ros', 'flops_gap': ROS_GAP}, 1.0),  # SN-Netv2's resource-constrained sampling
 }
 
 
@@ -210,17 +217,88 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     return float(np.corrcoef(ranks(x), ranks(y))[0, 1])
 
 
-def summarize(rows: list[dict], num_anchors: int) -> dict:
-    """Spearman(GFLOPs, top-1), stitches inside / above / below the anchors' top-1 band, Pareto front."""
+def summarize(rows: list[dict], num_anchors: int, pairs: Optional[dict[str, list[int]]] = None,
+              standalone: Optional[Sequence[float]] = None) -> dict:
+    """Spearman(GFLOPs, top-1) over all configs and per anchor pair (`pairs`: name -> config ids), stitches inside /
+    above / below the anchors' top-1 band, the Pareto front, and each anchor's change from `standalone`."""
     anchors = [r['top1'] for r in rows[:num_anchors]]
     lo, hi = min(anchors), max(anchors)
     stitched = [r['top1'] for r in rows[num_anchors:]]
-    return dict(
+    by_id = {r['id']: r for r in rows}
+    out = dict(
         spearman=spearman([r['gflops'] for r in rows], [r['top1'] for r in rows]),
         band=[lo, hi], in_band=sum(lo <= a <= hi for a in stitched), above_band=sum(a > hi for a in stitched),
         below_band=sum(a < lo for a in stitched), num_stitches=len(stitched),
         mean_stitch_top1=float(np.mean(stitched)), pareto=pareto_front(rows, 'gflops', 'top1'),
         anchor_top1=anchors)
+    out['in_band_share'] = out['in_band'] / max(1, len(stitched))
+    if pairs:
+        out['spearman_pairs'] = {name: spearman([by_id[k]['gflops'] for k in ids], [by_id[k]['top1'] for k in ids])
+                                 for name, ids in pairs.items()}
+    if standalone is not None:
+        out['anchor_change'] = [a - s for a, s in zip(anchors, standalone)]
+    return out
+
+
+def anchor_pairs(model: nn.Module, names: Sequence[str]) -> dict[str, list[int]]:
+    """Config ids of each anchor pair: both anchors and every stitch between them (e.g. 'Ti->S')."""
+    configs = model.stitch_configs((1, 28, 28))
+    out: dict[str, list[int]] = {}
+    for c in configs:
+        if not c.is_anchor:
+            out.setdefault(f'{names[c.front]}->{names[c.back]}', [c.front, c.back]).append(c.id)
+    return out
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    v = np.asarray(values, dtype=float)
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def aggregate(summaries: Sequence[dict]) -> dict:
+    """Mean and std over seeds of the numbers in `summarize`'s output."""
+    n_anchors = len(summaries[0]['anchor_top1'])
+    out = {key: mean_std([s[key] for s in summaries])
+           for key in ('spearman', 'in_band_share', 'mean_stitch_top1')}
+    out['anchor_top1'] = [mean_std([s['anchor_top1'][i] for s in summaries]) for i in range(n_anchors)]
+    if 'anchor_change' in summaries[0]:
+        out['anchor_change'] = [mean_std([s['anchor_change'][i] for s in summaries]) for i in range(n_anchors)]
+    if 'spearman_pairs' in summaries[0]:
+        out['spearman_pairs'] = {k: mean_std([s['spearman_pairs'][k] for s in summaries])
+                                 for k in summaries[0]['spearman_pairs']}
+    return out
+
+
+def plot_seeds(runs: Sequence[dict], num_anchors: int, names: Sequence[str], title: str, output: Path) -> Path:
+    """Top-1 against MFLOPs for every seed: all configs as faint points, each seed's Pareto front as a line."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 4.8), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    colors = ('tab:blue', 'tab:orange', 'tab:green', 'tab:red', 'tab:purple')
+    for i, run in enumerate(runs):
+        rows, color = run['rows'], colors[i % len(colors)]
+        ax.scatter([1e3 * r['gflops'] for r in rows[num_anchors:]], [r['top1'] for r in rows[num_anchors:]],
+                   s=9, alpha=0.25, color=color)
+        front = sorted((r for r in rows if r['id'] in run['pareto']), key=lambda r: r['gflops'])
+        ax.plot([1e3 * r['gflops'] for r in front], [r['top1'] for r in front], '-o', ms=3, color=color,
+                label=f'seed {run["seed"]}: Pareto front')
+        ax.scatter([1e3 * r['gflops'] for r in rows[:num_anchors]], [r['top1'] for r in rows[:num_anchors]],
+                   marker='*', s=120, color=color, edgecolor='black', zorder=3)
+    for i, name in enumerate(names[:num_anchors]):
+        r = runs[0]['rows'][i]
+        ax.annotate(name, (1e3 * r['gflops'], r['top1']), textcoords='offset points', xytext=(6, -12))
+    ax.set_xlabel('MFLOPs (fvcore, batch 1)')
+    ax.set_ylabel('top-1 (%)')
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc='lower right', fontsize=8)
+    fig.tight_layout()
+    fig.savefig(output)
+    return output
 
 
 # --- settings and pipeline -----------------------------------------------------------------------------------------
@@ -228,110 +306,169 @@ def summarize(rows: list[dict], num_anchors: int) -> dict:
 class Setting:
     widths: tuple[int, ...] = (32, 64, 128)
     patch_size: int = 7
-    anchor_epochs: float = 1.0
+    anchor_epochs: float = 3.0
     snnet_epochs: float = 1.0
     batch_size: int = 128
     anchor_lr: float = 1e-3
     snnet_lr: float = 3e-4
     weight_decay: float = 0.05
     train_subset: Optional[int] = None
-    test_subset: Optional[int] = None  # the main (uniform) sweep; None: all 10k test images
-    variant_test_subset: Optional[int] = 2000  # the other variants' sweeps (and the LS-init-only sweep)
-    variants: tuple[str, ...] = tuple(VARIANTS)  # the first gets the main (full test set) sweep
+    test_subset: Optional[int] = 5000  # every sweep of the main variant (None: all 10k test images)
+    variant_test_subset: Optional[int] = None  # the other variants' sweeps (None: the same images as the main one)
+    variants: tuple[str, ...] = ('anchor_boost', 'uniform', 'ros')  # the first runs with every seed, the rest once
+    num_seeds: int = 3
     ls_images: int = 100
     latency_iters: int = 5
+    demo_images: int = 1000  # test images shipped beside the demo model
 
 
 QUICK = dict(anchor_epochs=1.0, snnet_epochs=1.0, train_subset=6000, test_subset=1000, variant_test_subset=500,
-             variants=('uniform', 'both'), latency_iters=1)
+             num_seeds=2, latency_iters=1, demo_images=200)
 
 
-def sampling_weights(num_configs: int, num_anchors: int, anchor_share: Optional[float]) -> Optional[list[float]]:
-    """Per-config weights giving the anchors `anchor_share` of the steps in all (None: uniform)."""
-    if anchor_share is None:
-        return None
-    stitches = num_configs - num_anchors
-    return [anchor_share / num_anchors] * num_anchors + [(1 - anchor_share) / stitches] * stitches
+def anchor_cache_key(s: Setting, seed: int) -> str:
+    """Everything that decides the standalone anchors' weights."""
+    keys = ('widths', 'patch_size', 'anchor_epochs', 'batch_size', 'anchor_lr', 'weight_decay', 'train_subset')
+    blob = json.dumps(dict({k: getattr(s, k) for k in keys}, seed=seed), sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def run(s: Setting, data_dir: Path, out: Path, seed: int, log: Callable[[str], None]) -> dict:
+def standalone_anchors(s: Setting, train_data, seed: int, cache: Path, log, timings: dict) -> list[nn.Module]:
+    """The three anchors trained standalone once; cached (safetensors) and reused across seeds and variants."""
+    folder = cache / anchor_cache_key(s, seed)
+    anchors = []
+    for i, width in enumerate(s.widths):
+        model = create_anchor(i, s.widths, s.patch_size)
+        path = folder / f'anchor{i}.safetensors'
+        if path.is_file():
+            model.load_state_dict(load_file(str(path)))
+            log(f'anchor {i} (width {width}): cached {path}')
+        else:
+            torch.manual_seed(seed + i)
+            model = create_anchor(i, s.widths, s.patch_size)
+            timings[f'anchor{i}_train'] = train(model, train_data, s.anchor_epochs, s.batch_size,
+                                                param_groups(model, s.anchor_lr, s.weight_decay), seed + i, log,
+                                                f'anchor {i} (width {width})')
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix('.tmp')
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+            tmp.replace(path)
+        anchors.append(model)
+    return anchors
+
+
+def train_snnet(s: Setting, variant: str, seed: int, anchors: Sequence[nn.Module], train_data,
+                log, timings: dict) -> nn.Module:
+    """LS init from `ls_images` training images, then SN-Net training with the variant's sampling."""
+    sampling, stitch_lr_scale = VARIANTS[variant]
+    snnet = timm.create_model('snnet_deit_tsb', stitch_seed=seed, **model_kwargs(s.widths, s.patch_size), **sampling)
+    for i, model in enumerate(anchors):
+        snnet.anchors[i].load_state_dict(model.state_dict())
+    calib = next(batches(subset(train_data, s.ls_images, seed + 100), s.ls_images))[0]
+    snnet.init_stitching_layers(calib, num_images=s.ls_images, progress=False)
+    torch.manual_seed(seed)
+    groups = param_groups(snnet, s.snnet_lr, s.weight_decay, stitch_lr_scale)
+    timings[f'{variant}_seed{seed}_train'] = train(snnet, train_data, s.snnet_epochs, s.batch_size, groups, seed + 10,
+                                                   log, f'SN-Net {variant} seed {seed}')
+    return snnet.eval()
+
+
+def run(s: Setting, data_dir: Path, out: Path, seed: int, log: Callable[[str], None],
+        anchor_cache: Optional[Path] = None) -> dict:
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     train_data = subset(load_split(data_dir, 'train'), s.train_subset, seed)
     test_all = load_split(data_dir, 'test')
     test_data = subset(test_all, s.test_subset, seed)
-    variant_test = subset(test_all, s.variant_test_subset, seed)
+    variant_test = subset(test_all, s.variant_test_subset, seed) if s.variant_test_subset else test_data
     log(f'data: {len(train_data[0])} train, {len(test_data[0])} test images from {data_dir}')
     out.mkdir(parents=True, exist_ok=True)
+    names, num_anchors = ('Ti', 'S', 'B'), len(s.widths)
 
-    # 1. anchors, standalone
-    torch.manual_seed(seed)
-    anchors, standalone = [], []
-    for i, width in enumerate(s.widths):
-        model = create_anchor(i, s.widths, s.patch_size)
-        timings[f'anchor{i}_train'] = train(model, train_data, s.anchor_epochs, s.batch_size,
-                                            param_groups(model, s.anchor_lr, s.weight_decay), seed + i, log,
-                                            f'anchor {i} (width {width})')
-        standalone.append(accuracy(model, test_data))
-        log(f'anchor {i} (width {width}): standalone top-1 {standalone[-1]:.2f} on {len(test_data[0])} test images')
-        anchors.append(model)
+    # 1. anchors, standalone (once)
+    anchors = standalone_anchors(s, train_data, seed, anchor_cache or out / 'anchors', log, timings)
+    standalone = [accuracy(m, test_data) for m in anchors]
+    standalone_variant = standalone if variant_test is test_data else [accuracy(m, variant_test) for m in anchors]
+    gaps = [b - a for a, b in zip(standalone, standalone[1:])]
+    log(f'standalone anchors: {[round(a, 2) for a in standalone]} on {len(test_data[0])} test images')
+    if min(gaps) < 1.0:
+        log(f'WARNING: the anchors are not separated by a point each (gaps {[round(g, 2) for g in gaps]}): '
+            f'train them longer (--anchor-epochs)')
 
-    # 2. SN-Net from the standalone anchors, 3. least-squares init
-    kwargs = model_kwargs(s.widths, s.patch_size)
-    snnet = timm.create_model('snnet_deit_tsb', stitch_seed=seed, **kwargs)
-    for i, model in enumerate(anchors):
-        snnet.anchors[i].load_state_dict(model.state_dict())
-    start = time.perf_counter()
-    calib = next(batches(subset(train_data, s.ls_images, seed + 100), s.ls_images))[0]
-    snnet.init_stitching_layers(calib, num_images=s.ls_images, progress=False)
-    timings['ls_init'] = time.perf_counter() - start
-    init_state = copy.deepcopy(snnet.state_dict())
-    num_anchors = len(s.widths)
-
-    results = dict(setting=asdict(s), seed=seed, model='snnet_deit_tsb', model_kwargs=kwargs, standalone=standalone,
-                   num_configs=snnet.num_configs, variants={})
-    start = time.perf_counter()
-    rows = sweep_rows(snnet, variant_test, s.batch_size, 0, log)
-    timings['sweep_ls_init'] = time.perf_counter() - start
-    results['ls_init'] = dict(rows=rows, test_images=len(variant_test[0]), **summarize(rows, num_anchors))
-    log(f'LS init only: anchors {results["ls_init"]["anchor_top1"]}, mean stitch top-1 '
-        f'{results["ls_init"]["mean_stitch_top1"]:.2f} on {len(variant_test[0])} test images')
-
-    # 4. SN-Net training per variant, 5. sweep
-    for name in s.variants:
-        anchor_share, stitch_lr_scale = VARIANTS[name]
-        snnet.load_state_dict(init_state)  # also restarts the stitch sequence (sample_step 0): same draws of u
-        snnet.set_sampling_weights(sampling_weights(snnet.num_configs, num_anchors, anchor_share))
-        groups = param_groups(snnet, s.snnet_lr, s.weight_decay, stitch_lr_scale)
-        timings[f'{name}_train'] = train(snnet, train_data, s.snnet_epochs, s.batch_size, groups, seed + 10, log,
-                                         f'SN-Net {name}')
-        main = name == s.variants[0]
-        data = test_data if main else variant_test
+    seeds = [seed + i for i in range(s.num_seeds)]
+    results = dict(setting=asdict(s), seed=seed, seeds=seeds, model='snnet_deit_tsb',
+                   model_kwargs=model_kwargs(s.widths, s.patch_size), standalone=standalone,
+                   standalone_variant_subset=standalone_variant, anchor_gaps=gaps, runs={}, variants={})
+    main = s.variants[0]
+    plan = [(main, k) for k in seeds] + [(v, seeds[0]) for v in s.variants[1:]]
+    for variant, k in plan:
+        snnet = train_snnet(s, variant, k, anchors, train_data, log, timings)
+        pairs = anchor_pairs(snnet, names)
+        first = variant == main and k == seeds[0]
+        data = test_data if variant == main else variant_test
         start = time.perf_counter()
-        rows = sweep_rows(snnet, data, s.batch_size, s.latency_iters if main else 0, log)
-        timings[f'{name}_sweep'] = time.perf_counter() - start
-        summary = summarize(rows, num_anchors)
-        results['variants'][name] = dict(rows=rows, test_images=len(data[0]), anchor_share=anchor_share,
-                                         stitch_lr_scale=stitch_lr_scale, **summary)
-        log(f'{name}: anchors {[round(a, 2) for a in summary["anchor_top1"]]}, spearman {summary["spearman"]:.3f}, '
+        rows = sweep_rows(snnet, data, s.batch_size, s.latency_iters if first else 0, log)
+        timings[f'{variant}_seed{k}_sweep'] = time.perf_counter() - start
+        ref = standalone if data is test_data else standalone_variant
+        summary = summarize(rows, num_anchors, pairs, ref)
+        run_result = dict(variant=variant, seed=k, rows=rows, test_images=len(data[0]),
+                          sampling=VARIANTS[variant][0], stitch_lr_scale=VARIANTS[variant][1], **summary)
+        results['runs'][f'{variant}/seed{k}'] = run_result
+        log(f'{variant} seed {k}: anchors {[round(a, 2) for a in summary["anchor_top1"]]} (change '
+            f'{[round(a, 2) for a in summary["anchor_change"]]}), spearman {summary["spearman"]:.3f}, '
             f'{summary["in_band"]}/{summary["num_stitches"]} stitches in band')
-        if main:
-            save_file({k: v.contiguous() for k, v in snnet.state_dict().items()}, str(out / 'snnet.safetensors'))
-        where = out if main else out / name
-        write_sweep(where, name, kwargs, rows, s.batch_size, s.latency_iters if main else 0, len(data[0]), num_anchors,
-                    out / 'snnet.safetensors' if main else None)
-        plot_sweep(where / 'sweep.json', out / ('pareto.png' if main else f'pareto_{name}.png'))
-        if main and data is not variant_test:  # the main variant on the variants' test subset too, for comparison
-            sub = sweep_rows(snnet, variant_test, s.batch_size, 0, log)
-            results['variants'][name]['subset'] = dict(rows=sub, test_images=len(variant_test[0]),
-                                                       **summarize(sub, num_anchors))
+        if k == seeds[0]:
+            results['variants'][variant] = run_result
+            where = out if first else out / variant
+            if first:
+                save_file({k_: v.contiguous() for k_, v in snnet.state_dict().items()}, str(out / 'snnet.safetensors'))
+                export_demo_model(snnet, rows, test_all, s.demo_images, out / 'model', variant, k)
+            write_sweep(where, variant, model_kwargs(s.widths, s.patch_size), rows, s.batch_size,
+                        s.latency_iters if first else 0, len(data[0]), num_anchors,
+                        out / 'snnet.safetensors' if first else None)
+            plot_sweep(where / 'sweep.json', out / ('pareto.png' if first else f'pareto_{variant}.png'))
 
+    main_runs = [results['runs'][f'{main}/seed{k}'] for k in seeds]
+    results['seed_summary'] = dict(variant=main, seeds=seeds, **aggregate(main_runs))
+    plot_seeds(main_runs, num_anchors, names, f'{main}: {len(seeds)} seeds, {len(test_data[0])} test images',
+               out / 'pareto_seeds.png')
     timings['total'] = time.perf_counter() - t0
     results['timings'] = timings
     (out / 'results.json').write_text(json.dumps(results, indent=1) + '\n')
     (out / 'report.md').write_text(report(results))
     log(f'done in {timings["total"]:.0f}s: {out / "report.md"}, {out / "pareto.png"}, {out / "sweep.json"}')
     return results
+
+
+def demo_subset(test_all: tuple[torch.Tensor, torch.Tensor], n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed test images `make demo` evaluates on (seed 0: the same with or without the Debian package)."""
+    return subset(test_all, n, 0)
+
+
+def export_demo_model(snnet: nn.Module, rows: list[dict], test_all, n_images: int, folder: Path, variant: str,
+                      seed: int) -> None:
+    """The trained SN-Net (fp16 safetensors + config.json with its measured stitch table), `n_images` test images
+    and a provenance note, for `make demo` (copy the folder to examples/fashion_mnist/model)."""
+    from timm_snnet.hub import save_snnet
+
+    if folder.exists():
+        shutil.rmtree(folder)
+    model = copy.deepcopy(snnet).half()
+    model.set_stitch(len(model.anchors) - 1)  # the default stitch: the largest anchor
+    model.set_stitch_table([{k: r[k] for k in ('id', 'path', 'gflops', 'params', 'top1', 'top5')} for r in rows])
+    save_snnet(model, folder, readme=False)
+    images, labels = demo_subset(test_all, n_images)
+    save_file({'images': images.contiguous(), 'labels': labels.to(torch.uint8)},
+              str(folder / 'test_images.safetensors'))
+    try:
+        commit = subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True, text=True,
+                                cwd=Path(__file__).parent).stdout.strip() or None
+    except OSError:
+        commit = None
+    provenance = dict(command='python ' + ' '.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), variant=variant,
+                      seed=seed, commit=commit, date=time.strftime('%Y-%m-%d'), dtype='float16',
+                      test_images=f'{n_images} Fashion-MNIST test images (seeded subset, seed 0)')
+    (folder / 'provenance.json').write_text(json.dumps(provenance, indent=1) + '\n')
 
 
 def write_sweep(out: Path, variant: str, kwargs: dict, rows: list[dict], batch_size: int, latency_iters: int,
@@ -346,40 +483,44 @@ def write_sweep(out: Path, variant: str, kwargs: dict, rows: list[dict], batch_s
     write_results(out, {**header, 'rows': [{k: r.get(k) for k in ROW_KEYS} for r in rows]})
 
 
+def _pm(value: tuple[float, float], digits: int = 2) -> str:
+    return f'{value[0]:+.{digits}f} ± {value[1]:.{digits}f}' if digits == 2 else f'{value[0]:.3f} ± {value[1]:.3f}'
+
+
 def report(r: dict) -> str:
-    """report.md: anchors standalone vs in the SN-Net, per-variant summary, every stitch's top-1."""
+    """report.md: anchors standalone vs in the SN-Net, the seeds' mean ± std, one seed per variant, every config."""
     s, names = r['setting'], ('Ti', 'S', 'B')
-    main_name = s['variants'][0]
+    agg = r['seed_summary']
+    main_name = agg['variant']
     main = r['variants'][main_name]
     lines = [
-        f'# Fashion-MNIST SN-Net run (seed {r["seed"]})', '',
+        f'# Fashion-MNIST SN-Net run (seeds {", ".join(map(str, r["seeds"]))})', '',
         f'Anchors: DeiT (timm VisionTransformer), depth 12, widths {s["widths"]}, patch {s["patch_size"]} on 28x28, '
-        f'{s["anchor_epochs"]} epochs standalone; SN-Net: {r["num_configs"]} configs, LS init from {s["ls_images"]} '
-        f'images, {s["snnet_epochs"]} epochs per variant. Train images: {s["train_subset"] or 60000}.', '',
+        f'{s["anchor_epochs"]} epochs standalone, trained once; SN-Net: {len(main["rows"])} configs, LS init from '
+        f'{s["ls_images"]} images, {s["snnet_epochs"]} epochs per run. Train images: {s["train_subset"] or 60000}.',
+        '',
         '## Anchors: standalone vs inside the SN-Net (top-1 %)', '',
-        f'Standalone and `{main_name}` on {main["test_images"]} test images; other variants on '
-        f'{r["ls_init"]["test_images"]}.', '',
-        '| anchor | GFLOPs | standalone | LS init only | ' + ' | '.join(s['variants']) + ' |',
-        '|---|---|---|---|' + '---|' * len(s['variants']),
+        f'Standalone: {", ".join(f"{n} {a:.2f}" for n, a in zip(names, r["standalone"]))} on {main["test_images"]} '
+        f'test images (gaps {", ".join(f"{g:+.2f}" for g in r["anchor_gaps"])}).', '',
+        f'## `{main_name}` over {len(agg["seeds"])} seeds (mean ± std)', '',
+        '| measure | mean ± std |', '|---|---|',
     ]
-    for i, acc in enumerate(r['standalone']):
-        cells = [f'{r["variants"][v]["anchor_top1"][i]:.2f}' for v in s['variants']]
-        lines.append(f'| {names[i]} (width {s["widths"][i]}) | {main["rows"][i]["gflops"]:.4f} | {acc:.2f} | '
-                     f'{r["ls_init"]["anchor_top1"][i]:.2f} | ' + ' | '.join(cells) + ' |')
-    lines += ['', '## Variants', '',
-              '| variant | anchor share | stitch lr x | test images | anchors (top-1) | mean stitch top-1 | '
-              'Spearman(GFLOPs, top-1) | stitches in anchor band | above | below |',
-              '|---|---|---|---|---|---|---|---|---|---|']
-    entries = [('LS init only', None, r['ls_init'])] + [(v, v, r['variants'][v]) for v in s['variants']]
-    if 'subset' in main:
-        entries.insert(2, (f'{main_name} (subset)', main_name, main['subset']))
-    for label, v, e in entries:
-        share, lr = (VARIANTS[v] if v else ('-', '-'))
-        lines.append(f'| {label} | {share if share is not None else "uniform"} | {lr} | {e["test_images"]} | '
-                     f'{", ".join(f"{a:.2f}" for a in e["anchor_top1"])} | {e["mean_stitch_top1"]:.2f} | '
-                     f'{e["spearman"]:.3f} | {e["in_band"]}/{e["num_stitches"]} | {e["above_band"]} | '
+    lines += [f'| {n} change from standalone (points) | {_pm(v)} |' for n, v in zip(names, agg['anchor_change'])]
+    lines += [f'| Spearman(GFLOPs, top-1), all configs | {_pm(agg["spearman"], 3)} |']
+    lines += [f'| Spearman within {k} | {_pm(v, 3)} |' for k, v in agg.get('spearman_pairs', {}).items()]
+    lines += [f'| share of stitches inside the anchors\' band | {_pm(agg["in_band_share"], 3)} |',
+              f'| mean stitch top-1 | {agg["mean_stitch_top1"][0]:.2f} ± {agg["mean_stitch_top1"][1]:.2f} |', '']
+    lines += ['## One seed per variant', '',
+              '| variant | sampling | test images | anchor change vs standalone | mean stitch top-1 | Spearman all | '
+              + ' | '.join(f'Spearman {k}' for k in main.get('spearman_pairs', {})) + ' | in band | above | below |',
+              '|---|---|---|---|---|---|' + '---|' * len(main.get('spearman_pairs', {})) + '---|---|---|']
+    for v, e in r['variants'].items():
+        pairs = ' | '.join(f'{x:.3f}' for x in e.get('spearman_pairs', {}).values())
+        lines.append(f'| `{v}` | {e["sampling"] or "uniform"} | {e["test_images"]} | '
+                     f'{" / ".join(f"{a:+.2f}" for a in e["anchor_change"])} | {e["mean_stitch_top1"]:.2f} | '
+                     f'{e["spearman"]:.3f} | {pairs} | {e["in_band"]}/{e["num_stitches"]} | {e["above_band"]} | '
                      f'{e["below_band"]} |')
-    lines += ['', f'## Every config (`{main_name}`, {main["test_images"]} test images)', '',
+    lines += ['', f'## Every config (`{main_name}`, seed {agg["seeds"][0]}, {main["test_images"]} test images)', '',
               f'Pareto front (ids): {main["pareto"]}', '',
               '| id | path | MFLOPs | params (k) | top-1 | top-5 | latency b1 (ms) | Pareto |',
               '|---|---|---|---|---|---|---|---|']
@@ -398,6 +539,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--data-dir', type=Path, default=DEFAULT_DATA_DIR, help='folder with the four IDX files')
     p.add_argument('--output', type=Path, default=Path('out/fashion_mnist'))
+    p.add_argument('--anchor-cache', type=Path, default=None,
+                   help='folder of trained standalone anchors, reused across runs (default OUTPUT/anchors)')
     p.add_argument('--threads', type=int, default=1,
                    help='torch threads (default 1: on a shared 2-core machine, 2 threads stall on each other)')
     for f in fields(Setting):  # every setting can be overridden, e.g. --train-subset 512 --variants uniform
@@ -435,7 +578,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     torch.set_num_threads(args.threads)
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     try:
-        run(setting, args.data_dir, args.output, args.seed, log)
+        run(setting, args.data_dir, args.output, args.seed, log, args.anchor_cache)
     except FileNotFoundError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
