@@ -201,8 +201,10 @@ def test_anchor_share_weights_and_errors():
     for bad in (1.5, -0.1, float('nan'), True, '0.3'):
         with pytest.raises(ValueError, match=r'anchor_share .* \[0, 1\]'):
             tiny(NAME, anchor_share=bad)
-    with pytest.raises(ValueError, match='either anchor_share or sampling_weights'):
+    with pytest.raises(ValueError, match='pass one of anchor_share, sampling_weights'):
         tiny(NAME, anchor_share=0.3, sampling_weights=[1.0] * model.num_configs)
+    with pytest.raises(ValueError, match='pass one of anchor_share, sampling_weights'):
+        tiny(NAME, anchor_share=0.3, sampling='ros')
     with pytest.raises(ValueError, match="off_path must be 'skip' .* or 'zero'"):
         tiny(NAME, off_path='none')
 

@@ -16,6 +16,7 @@ from timm.models._features import feature_take_indices
 from torch import nn
 
 from .configs import Route, Segment
+from .training import forget
 
 _FORMATS = {'tokens': 'NLC', 'nhwc': 'NHWC', 'nchw': 'NCHW'}
 
@@ -171,7 +172,7 @@ class SNNetFeatures:
         self._routes[k] = new
         self._pruned_to = k
         self.set_sampling_weights([float(i == k) for i in range(self.num_configs)])
-        self._off_path.clear()
+        forget(self)  # the off-path ledger names parameters that are gone now
         self._costs.clear()
         return take
 
