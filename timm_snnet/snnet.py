@@ -566,7 +566,8 @@ class SNNet(SNNetFeatures, nn.Module):
         and that merges these in, so timm's own save_for_hf / push_to_hf_hub keep the active stitch, the sampling
         settings and the stitch table. Add new runtime settings here."""
         args = dict(stitch_id=self._stitch_id, stitch_seed=self.stitch_seed,
-                    sampling_weights=self._sampling_weights, stitch_table=self.stitch_table)
+                    sampling_weights=None if self.sampling == 'ros' else self._sampling_weights,  # ROS: derived
+                    stitch_table=self.stitch_table)
         recorded = self.__dict__.get('_recorded_model_args', {})
         if recorded.get('pretrained_anchors'):
             args['pretrained_anchors'] = False  # the anchors' weights are in the state dict now

@@ -55,6 +55,8 @@ DEFAULT_HUB_URL = 'https://huggingface.co'  # the authors' v2 repos, in the offi
 OFFICIAL_TAG = 'official_'  # prefix of the tags that load the authors' release only
 # create_model kwargs that shape the tensors: a conversion is built with them, and they key its cache folder
 _SHAPE_ARGS = ('anchors', 'anchor_kwargs', 'img_size', 'rule', 'stages', 'kernel_size', 'stride')
+# model_args a converter reads from the authors' file: the conversion's values win over kwargs (entry defaults included)
+_CONVERTER_ARGS = ('layer_assignment', 'stitched_final_norm', 'stitch_rank')
 
 
 @dataclass(frozen=True)
@@ -358,7 +360,8 @@ def _from_folder(variant: str, kwargs: dict[str, Any], folder: Path) -> dict[str
     hub._check_architecture(arch, src, expected=variant)
     saved = {k: v for k, v in (saved or {}).items() if k != 'pretrained_anchors'}
     overlay = {**(kwargs.get('pretrained_cfg_overlay') or {}), 'file': str(folder / WEIGHTS_NAME)}
-    return {**saved, **kwargs, 'pretrained_cfg_overlay': overlay}
+    fixed = {k: saved[k] for k in _CONVERTER_ARGS if k in saved}
+    return {**saved, **kwargs, **fixed, 'pretrained_cfg_overlay': overlay}
 
 
 def pretrained_kwargs(variant: str, kwargs: dict[str, Any]) -> dict[str, Any]:
