@@ -26,12 +26,10 @@ the authors gave a stitch the layer at its position in the stage's list (`layer_
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
@@ -45,6 +43,7 @@ from .checkpoint import UnsafeCheckpointError, read_pickle
 from .families import family_for
 from .hub import save_snnet
 from .snnet import SNNet
+from .sources import HUB_RELEASES, official_rows
 from .utils import file_sha256
 
 __all__ = ['OFFICIAL_V1', 'OFFICIAL_V2', 'OfficialRelease', 'ConversionError', 'load_official', 'official_layers',
@@ -241,28 +240,15 @@ def convert_official_v2(checkpoint: PathLike, model_name: str, **kwargs: Any) ->
     return model.eval(), report
 
 
-def official_stitch_table(model_name: str, model: Optional[SNNet] = None) -> Optional[list[dict[str, Any]]]:
-    """The authors' per-config results shipped with this package (id, top1, top5, gflops; path with `model`)."""
-    release = OFFICIAL_V2.get(model_name)
-    if release is None or release.reference is None:
-        return None
-    text = (resources.files('timm_snnet') / 'reference' / release.reference).read_text(encoding='utf-8')
-    rows = []
-    for line in text.splitlines():
-        r = json.loads(line)
-        row = dict(id=r['cfg_id'], gflops=r['flops'] / 1e9, top1=r['acc1'], top5=r['acc5'])
-        if model is not None:
-            row['path'] = model.describe(model._configs[r['cfg_id']])
-        rows.append(row)
-    return rows
+def official_stitch_table(model_name: str, model: SNNet) -> Optional[list[dict[str, Any]]]:
+    """The authors' per-config results shipped with this package as `model`'s stitch table (`sources.official_rows`:
+    id, path, our and their GFLOPs, top1, top5); None without published results or for other configs."""
+    return official_rows(model, model_name) if model_name in OFFICIAL_V2 else None
 
 
-# model -> the authors' Hub release (the filenames are the authors'; pickled .pth, read with weights_only=True)
+# model -> the authors' Hub release (where: `sources.HUB_RELEASES`; pickled .pth, read with weights_only=True)
 OFFICIAL_V2: dict[str, OfficialRelease] = {
-    f'snnetv2_deit3_{pair}': OfficialRelease(
-        f'ziplab/snnetv2_deit3_{pair}_imagenet_1k', f'snnetv2_deit3_{pair}.pth', convert_official_v2,
-        'snnetv2_deit3_s_l.official.jsonl' if pair == 's_l' else None)
-    for pair in ('s_b', 's_l', 'b_l')}
+    name: OfficialRelease(r.repo_id, r.file, convert_official_v2, r.reference) for name, r in HUB_RELEASES.items()}
 CONVERTERS = {'official-v1': convert_official_v1, 'official-v2': convert_official_v2}
 
 

@@ -8,7 +8,7 @@ from torch import nn
 
 from .hub import checkpoint_filter_fn, pretrained_errors, record_model_args
 from .snnet import SNNet
-from .sources import DEFAULT_RELEASE_URL, OFFICIAL_TAG, pretrained_kwargs, release_url
+from .sources import DEFAULT_HUB_URL, DEFAULT_RELEASE_URL, OFFICIAL_TAG, pretrained_kwargs, release_url
 
 HF_HUB_ORG = 'timm-snnet'  # the one Hugging Face organisation that holds every SN-Net repo
 
@@ -144,13 +144,17 @@ DEIT3 = {s: f'deit3_{s}_patch16_224.fb_in22k_ft_in1k' for s in ('small', 'base',
 SNNETV2_PAIRS = {'s_b': ('small', 'base'), 's_l': ('small', 'large'), 'b_l': ('base', 'large')}
 
 
-def _v2_cfg(pair: str) -> dict[str, Any]:
-    return _cfg(tuple(DEIT3[s] for s in SNNETV2_PAIRS[pair]), crop_pct=1.0,
-                hf_hub_id=f'{HF_HUB_ORG}/snnetv2_deit3_{pair}.in22k_ft_in1k', paper_ids='arXiv:2307.00154',
-                paper_name='Stitched ViTs are Flexible Vision Backbones')
+def _v2_cfg(pair: str, official: bool = False) -> dict[str, Any]:
+    """Our Hub repo, or (official) the authors' Hub file, converted once into the cache (timm_snnet.sources)."""
+    where = dict(url=release_url(f'snnetv2_deit3_{pair}', DEFAULT_HUB_URL)) if official else dict(
+        hf_hub_id=f'{HF_HUB_ORG}/snnetv2_deit3_{pair}.in22k_ft_in1k')
+    return _cfg(tuple(DEIT3[s] for s in SNNETV2_PAIRS[pair]), crop_pct=1.0, paper_ids='arXiv:2307.00154',
+                paper_name='Stitched ViTs are Flexible Vision Backbones', **where)
 
 
-default_cfgs.update(generate_default_cfgs({f'snnetv2_deit3_{p}.in22k_ft_in1k': _v2_cfg(p) for p in SNNETV2_PAIRS}))
+default_cfgs.update(generate_default_cfgs({
+    **{f'snnetv2_deit3_{p}.in22k_ft_in1k': _v2_cfg(p) for p in SNNETV2_PAIRS},  # the default tags come first
+    **{f'snnetv2_deit3_{p}.{OFFICIAL_TAG}in22k_ft_in1k': _v2_cfg(p, official=True) for p in SNNETV2_PAIRS}}))
 
 
 def _create_snnetv2(pair: str, pretrained: bool, kwargs: dict[str, Any]) -> SNNet:

@@ -7,6 +7,10 @@ For the default tag of the four registered SN-Nets (`snnet_deit_tsb.in1k`, ...) 
 3. the authors' release file (`{TIMM_SNNET_RELEASE_URL}/v1.0/snnet_deit.pth`, ...), downloaded once, read with
    `weights_only=True` by `timm_snnet.convert` (same allowlist and compatibility settings as `timm-snnet convert`),
    given the authors' published per-config accuracy as its stitch table, and written to the cache atomically.
+The SN-Netv2 models (`snnetv2_deit3_{s_b,s_l,b_l}.in22k_ft_in1k`) follow the same chain, with the authors' Hub repo
+(`ziplab/snnetv2_deit3_s_l_imagenet_1k`, file `snnetv2_deit3_s_l.pth`, ...) as step 3: fetched with `hf_hub_download`
+(so HF_HUB_OFFLINE and HF_ENDPOINT apply), converted by `convert_official_v2`, and dropped from the Hub cache once
+converted (unless it was there before). S -> L gets the authors' per-config top-1 / top-5 as its stitch table.
 The `official_*` tags (`snnet_deit_tsb.official_in1k`, ...) use only 1 and 3; `hf-hub:ORG/REPO` names only the Hub.
 Concurrent first loads (DDP ranks on one node) convert once: the conversion runs under a file lock.
 """
@@ -26,7 +30,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Optional
 
-from huggingface_hub import constants, hf_hub_download
+from huggingface_hub import constants, hf_hub_download, hf_hub_url, try_to_load_from_cache
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 from huggingface_hub.file_download import http_get
 from huggingface_hub.utils import WeakFileLock
@@ -36,7 +40,8 @@ from timm.models._hub import hf_split, load_model_config_from_path
 from . import hub
 from .hub import CONFIG_NAME, WEIGHTS_NAME, SNNetLoadError, _Source
 
-__all__ = ['DEFAULT_RELEASE_URL', 'RELEASE_URL_ENV', 'REFERENCE_DIR', 'RELEASES', 'Release', 'release_url',
+__all__ = ['DEFAULT_RELEASE_URL', 'RELEASE_URL_ENV', 'REFERENCE_DIR', 'RELEASES', 'HUB_RELEASES', 'OFFICIAL',
+           'Release', 'release_url',
            'official_dir', 'official_rows', 'fetch_official', 'pretrained_kwargs']
 
 _logger = logging.getLogger(__name__)
@@ -45,17 +50,29 @@ DEFAULT_RELEASE_URL = 'https://github.com/ziplab/SN-Net/releases/download'
 RELEASE_URL_ENV = 'TIMM_SNNET_RELEASE_URL'  # a mirror with the same relative paths (v1.0/snnet_deit.pth, ...)
 REFERENCE_DIR = Path(__file__).resolve().parent / 'reference'  # the authors' published per-config results
 RESULTS = 'ziplab/SN-Net v1 published results (ImageNet-1k val)'
+RESULTS_V2 = 'ziplab/SN-Netv2 published results (ImageNet-1k val)'
+DEFAULT_HUB_URL = 'https://huggingface.co'  # the authors' v2 repos, in the official tags' cfg
 OFFICIAL_TAG = 'official_'  # prefix of the tags that load the authors' release only
 # create_model kwargs that shape the tensors: a conversion is built with them, and they key its cache folder
 _SHAPE_ARGS = ('anchors', 'anchor_kwargs', 'img_size', 'rule', 'stages', 'kernel_size', 'stride')
+# model_args a converter reads from the authors' file: the conversion's values win over kwargs (entry defaults included)
+_CONVERTER_ARGS = ('layer_assignment', 'stitched_final_norm', 'stitch_rank')
 
 
 @dataclass(frozen=True)
 class Release:
-    """One of the authors' release files, and the pretrained tag whose weights it holds."""
-    file: str  # path under the release base URL, as in the authors' release
-    reference: str  # their per-config results, in REFERENCE_DIR
+    """One of the authors' published files: where to download it, its layout (the converter), their results, and
+    the pretrained tag whose weights it holds."""
+    file: str  # path under the release base URL (v1), or the file in `repo_id` (v2)
+    reference: Optional[str]  # their per-config results, in REFERENCE_DIR
     tag: str  # our default pretrained tag for the same weights
+    repo_id: Optional[str] = None  # the authors' Hub repo; None: a GitHub release file
+    format: str = 'official-v1'  # `timm-snnet convert --from` layout, i.e. the converter
+    results: str = RESULTS  # label of `reference` in the stitch table rows
+
+    @property
+    def where(self) -> str:
+        return f"Hub repo '{self.repo_id}' ({self.file})" if self.repo_id else f'release {self.file}'
 
     @property
     def filename(self) -> str:
@@ -72,12 +89,23 @@ RELEASES: dict[str, Release] = {
     'snnet_resnet': Release('v1.1/resnet_18_50.pth', 'snnet_resnet_18_50.official.jsonl', 'in1k'),
     'snnet_resnet18_swin_ti': Release('v1.1/resnet18_swin_ti.pth', 'snnet_resnet18_swin_ti.official.jsonl', 'in1k'),
 }
+# SN-Netv2 on the Hub (arXiv 2307.00154): results published for S -> L only
+HUB_RELEASES: dict[str, Release] = {
+    f'snnetv2_deit3_{pair}': Release(
+        f'snnetv2_deit3_{pair}.pth', 'snnetv2_deit3_s_l.official.jsonl' if pair == 's_l' else None, 'in22k_ft_in1k',
+        repo_id=f'ziplab/snnetv2_deit3_{pair}_imagenet_1k', format='official-v2', results=RESULTS_V2)
+    for pair in ('s_b', 's_l', 'b_l')}
+OFFICIAL: dict[str, Release] = {**RELEASES, **HUB_RELEASES}  # every model with a fallback on the authors' weights
 
 
 def release_url(model: str, base: Optional[str] = None) -> str:
-    """URL of `model`'s release file under `base` (default: $TIMM_SNNET_RELEASE_URL, else the authors' releases)."""
+    """URL of `model`'s release file under `base` (default: $TIMM_SNNET_RELEASE_URL, else the authors' releases; for
+    a Hub release, the Hub endpoint: $HF_ENDPOINT, else huggingface.co)."""
+    release = OFFICIAL[model]
+    if release.repo_id:
+        return hf_hub_url(release.repo_id, release.file, endpoint=base)
     base = base or os.environ.get(RELEASE_URL_ENV) or DEFAULT_RELEASE_URL
-    return f'{base.rstrip("/")}/{RELEASES[model].file}'
+    return f'{base.rstrip("/")}/{release.file}'
 
 
 def _cache_root(cache_dir: Optional[str] = None) -> Path:
@@ -108,7 +136,7 @@ def official_dir(model: str, kwargs: Optional[dict[str, Any]] = None) -> Path:
     kwargs = kwargs or {}
     shape = _shape_kwargs(model, kwargs)
     key = hashlib.sha256(_json(shape).encode()).hexdigest()[:12] if shape else ''
-    return _cache_root(kwargs.get('cache_dir')) / (RELEASES[model].stem + (f'-{key}' if key else ''))
+    return _cache_root(kwargs.get('cache_dir')) / (OFFICIAL[model].stem + (f'-{key}' if key else ''))
 
 
 def _complete(folder: Path) -> bool:
@@ -117,15 +145,22 @@ def _complete(folder: Path) -> bool:
 
 def official_rows(model: Any, name: str, reference_dir: Path = REFERENCE_DIR) -> Optional[list[dict[str, Any]]]:
     """Every config (id, path, GFLOPs and params as counted here) with the authors' published top-1 / top-5 and their
-    own counts (`official_gflops`, `official_params`); None when the model's configs are not the published ones."""
-    path = Path(reference_dir) / RELEASES[name].reference
-    published = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    configs = model.stitch_configs()
-    if [r['cfg_id'] for r in published] != [c.id for c in configs]:
+    own counts (`official_gflops`, `official_params`); None when the authors published no results for `name` or the
+    model's configs are not the published ones (v2 S -> L leaves out id 13, which it never evaluated)."""
+    release = OFFICIAL[name]
+    if release.reference is None:
         return None
+    path = Path(reference_dir) / release.reference
+    published = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    ids = [r['cfg_id'] for r in published]
+    if len(model._configs) != ids[-1] + 1 or ids != sorted(set(ids)) or ids[0] < 0:
+        return None
+    configs = model.stitch_configs()
     rows = []
-    for c, r in zip(configs, published):
-        row = dict(id=c.id, path=model.describe(c), gflops=c.gflops, params=c.params, top1=r['acc1'], source=RESULTS)
+    for r in published:
+        c = configs[r['cfg_id']]
+        row = dict(id=c.id, path=model.describe(c), gflops=c.gflops, params=c.params, top1=r['acc1'],
+                   source=release.results)
         row.update({k: v for k, v in (('top5', r.get('acc5')), ('official_gflops', r['flops'] / 1e9),
                                       ('official_params', r.get('params'))) if v is not None})
         rows.append(row)
@@ -148,19 +183,22 @@ def _what_is_wrong(path: Path) -> str:
 
 def _convert_into(name: str, checkpoint: Path, folder: Path, url: str, shape: dict[str, Any]) -> dict[str, Any]:
     """Convert `checkpoint`, attach the authors' accuracy, write `folder` all or nothing (a temp folder, renamed)."""
-    from .convert import convert_official_v1
+    from .convert import CONVERTERS
     from .hub import save_snnet
     from .utils import file_sha256
 
-    model, report = convert_official_v1(checkpoint, name, **shape)
+    release = OFFICIAL[name]
+    model, report = CONVERTERS[release.format](checkpoint, name, **shape)
     rows = official_rows(model, name)
-    if rows is None:
+    if rows is None and release.reference is not None:
         _logger.warning(f'{name}: the configs of this architecture are not the published ones, so the converted '
                         f'model carries no stitch table')
     model.set_stitch_table(rows)
     tmp = Path(tempfile.mkdtemp(prefix=f'.{folder.name}.', suffix='.incomplete', dir=folder.parent))
     try:
-        source = dict(format='official-v1', file=RELEASES[name].file, url=url, sha256=file_sha256(checkpoint))
+        source = dict(format=release.format, file=release.file, url=url, sha256=file_sha256(checkpoint))
+        if release.repo_id:
+            source['repo_id'] = release.repo_id
         save_snnet(model, tmp, readme=False, source=source)
         shutil.rmtree(folder, ignore_errors=True)  # an incomplete folder left by hand; complete ones are never replaced
         os.replace(tmp, folder)
@@ -170,24 +208,64 @@ def _convert_into(name: str, checkpoint: Path, folder: Path, url: str, shape: di
 
 
 def _todo(name: str, url: str, root: Path) -> str:
-    return (f"To fix it: load once with network access to the Hub or to {url} (unset HF_HUB_OFFLINE); behind a "
-            f"mirror, set {RELEASE_URL_ENV} to its base URL (it must serve {RELEASES[name].file}). On an air-gapped "
-            f"machine, download {url} elsewhere and place it, unchanged, at {root / RELEASES[name].filename}: the next "
-            f"load converts it (or run `timm-snnet convert --from official-v1 --model {name} FILE --output DIR` and "
-            f"load 'local-dir:DIR').")
+    release = OFFICIAL[name]
+    reach = (f'the Hub ({constants.ENDPOINT}) (unset HF_HUB_OFFLINE); behind a mirror, set HF_ENDPOINT to its base URL '
+             f'(it must serve {release.repo_id}/{release.file})' if release.repo_id else
+             f'{url} (unset HF_HUB_OFFLINE); behind a mirror, set {RELEASE_URL_ENV} to its base URL (it must serve '
+             f'{release.file})')
+    return (f"To fix it: load once with network access to the Hub or to {reach}. On an air-gapped machine, download "
+            f"{url} elsewhere and place it, unchanged, at {root / release.filename}: the next load converts it (or run "
+            f"`timm-snnet convert --from {release.format} --model {name} FILE --output DIR` and load 'local-dir:DIR').")
 
 
 def _all_failed(name: str, tried: list[str], folder: Path, url: str) -> SNNetLoadError:
     sources = '; '.join(f'({i}) {t}' for i, t in enumerate(tried, 1))
     return SNNetLoadError(f'Cannot load pretrained {name}: every source failed: {sources}. The cache '
                           f'({folder}) holds no conversion. {_todo(name, url, folder.parent)}', url,
-                          RELEASES[name].filename)
+                          OFFICIAL[name].filename)
+
+
+def _download(name: str, folder: Path, url: str, cache_dir: Optional[str], tried: list[str]) -> tuple[Path, bool]:
+    """(the authors' file, whether this call downloaded it), or SNNetLoadError naming every source tried. A release
+    file goes to a temp file beside the cache folder; a Hub file to the Hub cache, where HF_HUB_OFFLINE may serve it."""
+    release = OFFICIAL[name]
+    if release.repo_id:
+        before = try_to_load_from_cache(release.repo_id, release.file, cache_dir=cache_dir)
+        _logger.info(f"{name}: downloading the authors' {release.where}")
+        try:
+            path = hf_hub_download(release.repo_id, release.file, cache_dir=cache_dir)
+            return Path(path), not isinstance(before, str)
+        except (EntryNotFoundError, HfHubHTTPError, OSError) as e:
+            tried.append(f"the authors' Hub repo '{release.repo_id}', file '{release.file}': "
+                         f"{_hub_problem(e, release.file)}")
+            raise _all_failed(name, tried, folder, url) from e
+    if constants.is_offline_mode():
+        tried.append(f"the authors' release {url}: HF_HUB_OFFLINE=1 forbids downloading it")
+        raise _all_failed(name, tried, folder, url)
+    download = folder.parent / f'.{release.filename}.{uuid.uuid4().hex[:8]}.incomplete'
+    _logger.info(f'{name}: downloading the authors\' release {url}')
+    try:
+        with open(download, 'wb') as f:
+            http_get(url, f, displayed_filename=release.filename)
+    except (HfHubHTTPError, OSError) as e:
+        download.unlink(missing_ok=True)
+        tried.append(f"the authors' release {url}: the download failed ({e})")
+        raise _all_failed(name, tried, folder, url) from e
+    return download, True
+
+
+def _discard(path: Path) -> None:
+    """Delete a downloaded file; in the Hub cache, its blob too (the snapshot entry is a link to it)."""
+    blob = path.resolve()
+    path.unlink(missing_ok=True)
+    blob.unlink(missing_ok=True)
 
 
 def fetch_official(name: str, kwargs: Optional[dict[str, Any]] = None, tried: Optional[list[str]] = None) -> Path:
     """The cache folder holding `name`'s converted release (config.json + model.safetensors); downloads and converts
     the authors' file first if needed, once across processes. Raises SNNetLoadError naming every source tried."""
     kwargs, tried = kwargs or {}, list(tried or [])
+    release = OFFICIAL[name]
     folder, url = official_dir(name, kwargs), release_url(name)
     if _complete(folder):
         return folder
@@ -196,41 +274,29 @@ def fetch_official(name: str, kwargs: Optional[dict[str, Any]] = None, tried: Op
     with WeakFileLock(root / f'{folder.name}.lock'):
         if _complete(folder):  # converted by another process while this one waited
             return folder
-        placed = root / RELEASES[name].filename  # a copy placed by hand (air-gapped machines)
+        placed = root / release.filename  # a copy placed by hand (air-gapped machines)
         if placed.is_file():
-            checkpoint, download = placed, None
-        elif constants.is_offline_mode():
-            tried.append(f"the authors' release {url}: HF_HUB_OFFLINE=1 forbids downloading it")
-            raise _all_failed(name, tried, folder, url)
+            checkpoint, downloaded = placed, False
         else:
-            checkpoint = download = root / f'.{RELEASES[name].filename}.{uuid.uuid4().hex[:8]}.incomplete'
+            checkpoint, downloaded = _download(name, folder, url, kwargs.get('cache_dir'), tried)
         try:
-            if download is not None:
-                _logger.info(f'{name}: downloading the authors\' release {url}')
-                try:
-                    with open(download, 'wb') as f:
-                        http_get(url, f, displayed_filename=RELEASES[name].filename)
-                except (HfHubHTTPError, OSError) as e:
-                    tried.append(f"the authors' release {url}: the download failed ({e})")
-                    raise _all_failed(name, tried, folder, url) from e
             start = time.perf_counter()
             try:
                 report = _convert_into(name, checkpoint, folder, url, _shape_kwargs(name, kwargs))
             except Exception as e:  # unreadable, refused (pickled classes outside the allowlist) or unmapped keys
                 hint = _what_is_wrong(checkpoint)
-                todo = (f'Delete or replace {placed}.' if download is None else
-                        'Nothing was kept in the cache; if it fails again, the file at that URL is not the '
-                        "authors' release.")
+                todo = ('Nothing was kept in the cache; if it fails again, the file at that URL is not the authors\' '
+                        'release.' if downloaded else f'Delete or replace {checkpoint}.')
                 before = f" (tried first: {'; '.join(tried)})" if tried else ''
                 raise SNNetLoadError(
-                    f"Cannot load pretrained {name} from the authors' release{before}: {RELEASES[name].filename} "
+                    f"Cannot load pretrained {name} from the authors' {release.where}{before}: {release.filename} "
                     f"(from {url}) does not convert: {hint + '; ' if hint else ''}{e}. {todo} {_todo(name, url, root)}",
-                    url, RELEASES[name].filename) from e
-            _logger.info(f'{name}: converted {RELEASES[name].filename} in {time.perf_counter() - start:.1f} s '
+                    url, release.filename) from e
+            _logger.info(f'{name}: converted {release.filename} in {time.perf_counter() - start:.1f} s '
                          f'({report["tensors"]} tensors) into {folder}')
         finally:
-            if download is not None:
-                download.unlink(missing_ok=True)
+            if downloaded:  # the pickle is not kept: later loads read the conversion
+                _discard(checkpoint)
     return folder
 
 
@@ -238,7 +304,7 @@ def fetch_official(name: str, kwargs: Optional[dict[str, Any]] = None, tried: Op
 def _release_for(variant: str, cfg: dict[str, Any]) -> tuple[Optional[Release], bool]:
     """(release, release only) for a pretrained cfg: the default tag falls back on the release, an `official_*`
     tag uses it alone; anything else (another repo, a file, a state dict) is not ours to redirect."""
-    release = RELEASES.get(variant)
+    release = OFFICIAL.get(variant)
     if release is None:
         return None, False
     if cfg.get('file') or cfg.get('state_dict') or cfg.get('source') in ('hf-hub', 'local-dir'):
@@ -261,7 +327,7 @@ def _unavailable(error: BaseException) -> bool:
     return False
 
 
-def _hub_problem(error: BaseException) -> str:
+def _hub_problem(error: BaseException, files: str = 'config.json or model.safetensors') -> str:
     """Why the Hub repo gave nothing, in a few words (the full advice is for the Hub alone)."""
     e: Optional[BaseException] = error
     while e is not None:
@@ -271,7 +337,7 @@ def _hub_problem(error: BaseException) -> str:
             return ('HF_HUB_OFFLINE=1 and the cache has no copy' if constants.is_offline_mode() else
                     f'the Hub ({constants.ENDPOINT}) could not be reached and the cache has no copy')
         if isinstance(e, EntryNotFoundError):
-            return 'the repo lacks config.json or model.safetensors'
+            return f'the repo lacks {files}'
         e = e.__cause__
     return str(error).splitlines()[0]
 
@@ -294,7 +360,8 @@ def _from_folder(variant: str, kwargs: dict[str, Any], folder: Path) -> dict[str
     hub._check_architecture(arch, src, expected=variant)
     saved = {k: v for k, v in (saved or {}).items() if k != 'pretrained_anchors'}
     overlay = {**(kwargs.get('pretrained_cfg_overlay') or {}), 'file': str(folder / WEIGHTS_NAME)}
-    return {**saved, **kwargs, 'pretrained_cfg_overlay': overlay}
+    fixed = {k: saved[k] for k in _CONVERTER_ARGS if k in saved}
+    return {**saved, **kwargs, **fixed, 'pretrained_cfg_overlay': overlay}
 
 
 def pretrained_kwargs(variant: str, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -321,5 +388,5 @@ def pretrained_kwargs(variant: str, kwargs: dict[str, Any]) -> dict[str, Any]:
             tried.append(f"Hub repo '{repo}'{file}: {_hub_problem(e)}")
             _logger.info(f"{variant}: the Hub repo '{repo}' is not available, trying the authors' release")
     folder = fetch_official(variant, kwargs, tried)
-    _logger.info(f"{variant}: pretrained weights from the authors' release {release.file}, converted in {folder}")
+    _logger.info(f"{variant}: pretrained weights from the authors' {release.where}, converted in {folder}")
     return _from_folder(variant, kwargs, folder)
