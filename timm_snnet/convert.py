@@ -121,6 +121,23 @@ def _listing(title: str, keys: list[str]) -> str:
     return f'{len(keys)} {title} ({", ".join(keys[:8])}{", ..." if len(keys) > 8 else ""})'
 
 
+def _check_keys(mapped: dict[str, torch.Tensor], own: dict[str, torch.Tensor], unmapped: list[str]) -> None:
+    """Raise ConversionError listing unmapped keys, keys of the model the file lacks, and shape mismatches."""
+    missing = sorted(k for k in own if k not in mapped and k not in _OURS_ONLY)
+    shapes = [f'{k} {tuple(v.shape)} vs {tuple(own[k].shape)}' for k, v in mapped.items()
+              if k in own and v.shape != own[k].shape]
+    if unmapped or missing or shapes:
+        problems = [_listing(t, ks) for t, ks in (('unmapped', unmapped), ('missing', missing),
+                                                   ('with other shapes (file vs model)', shapes)) if ks]
+        raise ConversionError('; '.join(problems))
+
+
+def _refuse_fixed(kwargs: dict[str, Any], fixed: set[str]) -> None:
+    given = sorted(fixed & set(kwargs))
+    if given:
+        raise ConversionError(f'{", ".join(given)} are set by the converter, do not pass them')
+
+
 def _map(official: dict[str, torch.Tensor], model: SNNet, layers: dict[int, str]) -> tuple[dict, dict]:
     """Official tensors under this model's keys, and a report; raises ConversionError unless every key maps."""
     own = model.state_dict()
@@ -145,14 +162,7 @@ def _map(official: dict[str, torch.Tensor], model: SNNet, layers: dict[int, str]
                 # 1x1 conv (out, in, 1, 1) <-> linear (out, in)
                 mapped[target] = official[key].reshape(own[target].shape) \
                     if official[key].numel() == own[target].numel() else official[key]
-    unmapped = sorted(set(official) - used) + sorted(k for k in mapped if k not in own)
-    missing = sorted(k for k in own if k not in mapped and k not in _OURS_ONLY)
-    shapes = [f'{k} {tuple(v.shape)} vs {tuple(own[k].shape)}' for k, v in mapped.items()
-              if k in own and v.shape != own[k].shape]
-    if unmapped or missing or shapes:
-        problems = [_listing(t, ks) for t, ks in (('unmapped', unmapped), ('missing', missing),
-                                                   ('with other shapes (file vs model)', shapes)) if ks]
-        raise ConversionError('; '.join(problems))
+    _check_keys(mapped, own, sorted(set(official) - used) + sorted(k for k in mapped if k not in own))
     report = dict(tensors=len(mapped), stitching_layers=len(layers), dropped={k: v for k, v in dropped.items() if v})
     return mapped, report
 
@@ -161,9 +171,7 @@ def convert_official_v1(checkpoint: PathLike, model_name: str, **kwargs: Any) ->
     """Build `model_name` with the authors' compatibility settings and load an official v1 checkpoint into it."""
     if model_name not in OFFICIAL_V1:
         raise ConversionError(f'no official v1 layout for {model_name!r}; known: {", ".join(OFFICIAL_V1)}')
-    fixed = sorted({'layer_assignment', 'stitched_final_norm', 'pretrained', 'pretrained_anchors'} & set(kwargs))
-    if fixed:
-        raise ConversionError(f'{", ".join(fixed)} are set by the converter, do not pass them')
+    _refuse_fixed(kwargs, {'layer_assignment', 'stitched_final_norm', 'pretrained', 'pretrained_anchors'})
     official = load_official(checkpoint)
     base = timm.create_model(model_name, device='meta', **kwargs)  # default assignment: structure only
     prefixes = official_layers(base)
@@ -211,9 +219,7 @@ def convert_official_v2(checkpoint: PathLike, model_name: str, **kwargs: Any) ->
     ImageNet results become the stitch table."""
     if model_name not in OFFICIAL_V2:
         raise ConversionError(f'no official v2 layout for {model_name!r}; known: {", ".join(OFFICIAL_V2)}')
-    fixed = sorted({'stitch_rank', 'rule', 'pretrained', 'pretrained_anchors'} & set(kwargs))
-    if fixed:
-        raise ConversionError(f'{", ".join(fixed)} are set by the converter, do not pass them')
+    _refuse_fixed(kwargs, {'stitch_rank', 'rule', 'pretrained', 'pretrained_anchors'})
     official = load_official(checkpoint)
     ranks = {v.shape[0] for k, v in official.items() if k.endswith('.transform.lora_A')}
     if len(ranks) > 1:
@@ -223,15 +229,11 @@ def convert_official_v2(checkpoint: PathLike, model_name: str, **kwargs: Any) ->
     ds = model._depths[0][0]
     own = model.state_dict()
     mapped = {_v2_rename(k, ds): v for k, v in official.items()}
-    unmapped = sorted(k for k in official if _v2_rename(k, ds) not in own)
-    missing = sorted(k for k in own if k not in mapped and k not in _OURS_ONLY)
-    shapes = [f'{k} {tuple(v.shape)} vs {tuple(own[k].shape)}' for k, v in mapped.items()
-              if k in own and v.shape != own[k].shape]
-    if unmapped or missing or shapes:
-        problems = [_listing(t, ks) for t, ks in (('unmapped', unmapped), ('missing', missing),
-                                                   ('with other shapes (file vs model)', shapes)) if ks]
-        raise ConversionError(f'{checkpoint} does not convert exactly to {model_name}: {"; ".join(problems)}. Check '
-                              f'--model (the official file for it) and --model-kwargs')
+    try:
+        _check_keys(mapped, own, sorted(k for k in official if _v2_rename(k, ds) not in own))
+    except ConversionError as e:
+        raise ConversionError(f'{checkpoint} does not convert exactly to {model_name}: {e}. Check --model (the '
+                              f'official file for it) and --model-kwargs') from e
     model.load_state_dict({**own, **{k: v for k, v in mapped.items() if k in own}}, strict=True)
     table = official_stitch_table(model_name, model)
     if table is not None:
