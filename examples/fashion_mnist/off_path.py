@@ -10,7 +10,6 @@ the same order and draw the same stitches (the draws are checked); only `off_pat
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -20,33 +19,9 @@ from typing import Callable, Optional, Sequence
 
 import timm
 import torch
-from safetensors.torch import load_file, save_file
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reproduce as r  # noqa: E402  (the pipeline's data, models, training loop and sweep)
-
-
-def cached_anchors(s: r.Setting, train_data, seed: int, cache: Path, log: Callable[[str], None]) -> list[nn.Module]:
-    """The standalone anchors, trained once per (setting, seed) and kept as safetensors."""
-    keys = ('widths', 'patch_size', 'anchor_epochs', 'batch_size', 'anchor_lr', 'weight_decay', 'train_subset')
-    key = hashlib.sha256(json.dumps([seed] + [asdict(s)[k] for k in keys]).encode()).hexdigest()[:12]
-    anchors = []
-    for i, width in enumerate(s.widths):
-        torch.manual_seed(seed + i)
-        model = r.create_anchor(i, s.widths, s.patch_size)
-        path = cache / key / f'anchor{i}.safetensors'
-        if path.is_file():
-            model.load_state_dict(load_file(str(path)))
-            log(f'anchor {i} (width {width}): cached {path}')
-        else:
-            r.train(model, train_data, s.anchor_epochs, s.batch_size, r.param_groups(model, s.anchor_lr,
-                    s.weight_decay), seed + i, log, f'anchor {i} (width {width})')
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path.with_suffix('.tmp')))
-            path.with_suffix('.tmp').replace(path)
-        anchors.append(model)
-    return anchors
 
 
 def run(s: r.Setting, data_dir: Path, out: Path, cache: Path, seed: int, log: Callable[[str], None]) -> dict:
@@ -54,7 +29,7 @@ def run(s: r.Setting, data_dir: Path, out: Path, cache: Path, seed: int, log: Ca
     train_data = r.subset(r.load_split(data_dir, 'train'), s.train_subset, seed)
     test_data = r.subset(r.load_split(data_dir, 'test'), s.test_subset, seed)
     log(f'data: {len(train_data[0])} train, {len(test_data[0])} test images')
-    anchors = cached_anchors(s, train_data, seed, cache, log)
+    anchors = r.standalone_anchors(s, train_data, seed, cache, log, {})
     standalone = [r.accuracy(m, test_data) for m in anchors]
     log(f'standalone top-1 {standalone}')
 
@@ -116,7 +91,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument('--threads', type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    s = r.Setting(train_subset=args.train_subset or None, test_subset=args.test_subset or None)
+    s = r.Setting(train_subset=args.train_subset or None, test_subset=args.test_subset or None, anchor_epochs=1.0)
     try:
         run(s, args.data_dir, args.output, args.cache, args.seed, lambda m: print(m, flush=True))
     except FileNotFoundError as e:
