@@ -61,6 +61,9 @@ def trained_snnet(args: argparse.Namespace) -> None:
           f'{time.perf_counter() - start:.1f}s: {model.num_configs} configs, '
           f'{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, input {tuple(cfg["input_size"])}')
     images, labels, source = test_images(args.model_dir, args.data_dir)
+    if args.num_images:
+        n = args.num_images
+        images, labels, source = images[:n], labels[:n], f'the first {n} of {source}'
     mean, std = torch.tensor(cfg['mean']).view(1, -1, 1, 1), torch.tensor(cfg['std']).view(1, -1, 1, 1)
     x = (images.float().unsqueeze(1) / 255 - mean) / std
     print(f'evaluating every stitch on {source}; latency: batch 1, 1 thread, median of 15 after warm-up\n')
@@ -112,13 +115,14 @@ def full_size(name: str) -> None:
         print(f'set_stitch({k}) in {us:.1f} us: active {model.stitch_id} ({model.describe(configs[k])})')
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--model-dir', type=Path, default=MODEL_DIR, help='a saved SN-Net (config.json + weights)')
     parser.add_argument('--data-dir', type=Path, default=DEBIAN_DIR, help='Fashion-MNIST IDX files, if installed')
     parser.add_argument('--output', type=Path, default=Path('out/demo'), help='sweep.json and pareto.png go here')
+    parser.add_argument('--num-images', type=int, default=0, help='evaluate on the first N test images (0: all)')
     parser.add_argument('--full-size', default='snnet_deit_tsb', help="full-size model to tabulate ('' to skip)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)  # fair latency: one thread, no contention between the two cores
     trained_snnet(args)
     if args.full_size:
