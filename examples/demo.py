@@ -108,7 +108,7 @@ def full_size(name: str) -> None:
           f'{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters')
     half = (len(configs) + 1) // 2
     for left, right in zip(configs[:half], list(configs[half:]) + [None]):
-        cell = lambda c: f'{c.id:>3} {model.describe(c):<18} {c.gflops:>6.2f} GFLOPs'  # noqa: E731
+        cell = lambda c: f'{c.id:>3} {model.describe(c):<20} {c.gflops:>6.2f} GFLOPs'  # noqa: E731
         print(f'  {cell(left)}    {cell(right) if right else ""}')
     for k in (0, 20, 2):
         us = 1e6 * timeit.timeit(lambda k=k: model.set_stitch(k), number=10_000) / 10_000

@@ -516,7 +516,8 @@ def report(r: dict) -> str:
               '|---|---|---|---|---|---|' + '---|' * len(main.get('spearman_pairs', {})) + '---|---|---|']
     for v, e in r['variants'].items():
         pairs = ' | '.join(f'{x:.3f}' for x in e.get('spearman_pairs', {}).values())
-        lines.append(f'| `{v}` | {e["sampling"] or "uniform"} | {e["test_images"]} | '
+        sampling = ', '.join(f'`{k}={x}`' for k, x in e['sampling'].items()) or 'uniform'
+        lines.append(f'| `{v}` | {sampling} | {e["test_images"]} | '
                      f'{" / ".join(f"{a:+.2f}" for a in e["anchor_change"])} | {e["mean_stitch_top1"]:.2f} | '
                      f'{e["spearman"]:.3f} | {pairs} | {e["in_band"]}/{e["num_stitches"]} | {e["above_band"]} | '
                      f'{e["below_band"]} |')
