@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import timm
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import reproduce as r  # noqa: E402  (the pipeline's data, models, training loop and sweep)
@@ -90,14 +89,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument('--test-subset', type=int, default=2000, help='test images for both arms (0: all 10,000)')
     p.add_argument('--threads', type=int, default=1)
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
     s = r.Setting(train_subset=args.train_subset or None, test_subset=args.test_subset or None, anchor_epochs=1.0)
-    try:
-        run(s, args.data_dir, args.output, args.cache, args.seed, lambda m: print(m, flush=True))
-    except FileNotFoundError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
-    return 0
+    return r.run_cli(lambda: run(s, args.data_dir, args.output, args.cache, args.seed, r.log), args.threads)
 
 
 if __name__ == '__main__':

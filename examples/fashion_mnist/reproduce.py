@@ -571,19 +571,27 @@ def setting_from(args: argparse.Namespace) -> Setting:
     return Setting(**values)
 
 
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def run_cli(job: Callable[[], object], threads: int) -> int:
+    """Run a pipeline on `threads` torch threads: exit status 0, or 2 with a clear message when data is missing."""
+    torch.set_num_threads(threads)
+    try:
+        job()
+    except FileNotFoundError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     setting = setting_from(args)
     if len(setting.widths) != len(DEIT_TSB):
         raise SystemExit(f'--widths needs {len(DEIT_TSB)} values (the three anchors), got {setting.widths}')
-    torch.set_num_threads(args.threads)
-    log = lambda msg: print(msg, flush=True)  # noqa: E731
-    try:
-        run(setting, args.data_dir, args.output, args.seed, log, args.anchor_cache)
-    except FileNotFoundError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(lambda: run(setting, args.data_dir, args.output, args.seed, log, args.anchor_cache), args.threads)
 
 
 if __name__ == '__main__':
