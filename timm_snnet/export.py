@@ -128,8 +128,7 @@ class ExportedStitch(nn.Module):
             create_stitching_layer(int(spec['in_features']), int(spec['out_features']), self._families[a].layout,
                                    self._families[b].layout, device=device, dtype=dtype)
             for spec, (a, _, _), (b, _, _) in zip(stitch_layers, self.segments, self.segments[1:])])
-        self._blocks = [[models[a].get_submodule(m) for u in units[a][start:stop] for m in u.modules]
-                        for a, start, stop in self.segments]
+        self._blocks = [[m for u in units[a][start:stop] for m in u.modules] for a, start, stop in self.segments]
         self.stitched_final_norm = stitched_final_norm
         self.anchor_names = tuple(names or (n.split('.')[0] for n in anchors))
         self.stitch_id, self.path = stitch_id, path
@@ -178,11 +177,11 @@ class ExportedStitch(nn.Module):
         self._check_input(x)
         first, last = self.segments[0][0], self.segments[-1][0]
         x = self._families[first].stem(self.anchors[first], x)
-        for i, blocks in enumerate(self._blocks):
+        for i, ((a, _, _), blocks) in enumerate(zip(self.segments, self._blocks)):
             if i:
                 x = self.stitch_layers[i - 1](x)
-            for block in blocks:
-                x = block(x)
+            for name in blocks:
+                x = self._families[a].run_module(self.anchors[a], name, x)
         if len(self.segments) > 1 and not self.stitched_final_norm:
             return x
         return self._families[last].finish(self.anchors[last], x)

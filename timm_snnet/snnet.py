@@ -392,14 +392,13 @@ class SNNet(SNNetFeatures, nn.Module):
 
     # --- forward ---------------------------------------------------------------------------------------------------
     def _run(self, anchor: int, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        model = self.anchors[anchor]
+        model, family = self.anchors[anchor], self._families[anchor]
         for unit in self._units[anchor][start:stop]:
             for name in unit.modules:
-                module = model.get_submodule(name)
                 if self.grad_checkpointing and torch.is_grad_enabled() and not is_fx_tracing():
-                    x = checkpoint(module, x)
+                    x = checkpoint(family.run_module, model, name, x)
                 else:
-                    x = module(x)
+                    x = family.run_module(model, name, x)
         return x
 
     def _check_route_input(self, route: Route, x: torch.Tensor) -> None:

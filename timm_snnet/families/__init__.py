@@ -44,6 +44,10 @@ class Family:
         """The tail of `forward_features` after the last unit (the final norm), identity by default."""
         return x
 
+    def run_module(self, model: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
+        """Run one of a unit's modules; override when timm's forward passes it more than the activation (e.g. RoPE)."""
+        return model.get_submodule(name)(x)
+
     def head(self, model: nn.Module, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return model.forward_head(x, pre_logits=pre_logits)
 
