@@ -26,8 +26,7 @@ import torch
 from timm.models import save_for_hf
 
 import timm_snnet  # noqa: F401  (registers the models)
-from timm_snnet.export import check_onnx, export_onnx
-from timm_snnet.hub import save_snnet
+from timm_snnet import check_onnx, export_onnx, save_snnet
 
 from .run import Options, create, images, inference, paired, ratio
 

@@ -1,6 +1,6 @@
 """What the first `pretrained=True` costs when it falls back on the authors' release: a full-size `snnet_deit_tsb`
 with random weights, saved in the authors' layout (their keys, AdamW state, `args`), placed in the cache as by hand,
-then converted by `timm_snnet.sources.fetch_official` (the same path as a download). Also the later, cached load.
+then converted by `timm_snnet._sources.fetch_official` (the same path as a download). Also the later, cached load.
 
     python -m benchmarks.first_load [--no-optimizer] [--workdir DIR]
 
@@ -17,8 +17,9 @@ import timm
 import torch
 
 import timm_snnet  # noqa: F401
-from timm_snnet.convert import official_layers
-from timm_snnet.sources import RELEASES, fetch_official, official_dir
+from timm_snnet._convert import official_layers
+from timm_snnet._releases import RELEASES
+from timm_snnet._sources import fetch_official, official_dir
 
 
 def authors_checkpoint(path: Path, optimizer: bool) -> int:

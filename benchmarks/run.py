@@ -4,6 +4,7 @@
     python -m benchmarks.run --quick      # snnet_deit_tsb at 112x112, fewer configs and rounds (under 3 minutes)
     python -m benchmarks.run --deploy-only  # B7-B9 alone (deploy one stitch) -> deploy.json and deploy.md
     python -m benchmarks.run --only B4    # re-measure B4 alone; the other measures stay as in latest.json
+    python -m benchmarks.run --smoke      # every measure once on tiny anchors (the test suite runs this)
 
 Timing is torch.utils.benchmark (warm-up, a fixed thread count, medians of blocked runs). With one thread (the
 default) the clock is that thread's CPU time (`time.thread_time`): all of torch's work runs in the calling thread, so
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import platform
@@ -33,8 +35,8 @@ from timm.models._input import get_model_input_config
 from torch.utils import benchmark
 
 import timm_snnet  # noqa: F401  (registers the snnet_* models)
+from timm_snnet._flops import anchor_costs
 from timm_snnet.families import family_for
-from timm_snnet.flops import anchor_costs
 
 RESULTS = Path(__file__).parent / 'results'
 V1 = 'ratio_v1_default_adamw'  # B4 with this package's v1 zero-gradient semantics
@@ -52,9 +54,18 @@ class Options:
     b4_batch: int
     b5_images: int
     only: tuple[str, ...] = ()  # measures to run (default all)
+    model_kwargs: Optional[dict] = None  # create_model kwargs (tiny anchors for --smoke)
 
 
-def make_options(quick: bool, threads: int, models: Optional[str], only: tuple[str, ...] = ()) -> Options:
+# --smoke: every measure runs once, on DeiT anchors of the same class at tiny widths (seconds, not minutes)
+SMOKE_KWARGS = dict(img_size=32,
+                    anchor_kwargs=[dict(patch_size=8, embed_dim=e, depth=4, num_heads=2) for e in (16, 32, 48)])
+
+
+def make_options(quick: bool, threads: int, models: Optional[str], only: tuple[str, ...] = (),
+                 smoke: bool = False) -> Options:
+    if smoke:
+        return Options(True, threads, 1, ('snnet_deit_tsb',), None, 12, 2, 4, only, SMOKE_KWARGS)
     default = ('snnet_deit_tsb',) if quick or only == ('B4',) else tuple(timm.list_models('snnet_*'))
     names = tuple(models.split(',')) if models else default
     if quick:
@@ -97,7 +108,7 @@ def inference(fn: Callable[[], Any]) -> Callable[[], Any]:
 def create(name: str, opts: Options, **kwargs: Any) -> torch.nn.Module:
     if opts.img_size:
         kwargs['img_size'] = opts.img_size
-    return timm.create_model(name, **kwargs).eval()
+    return timm.create_model(name, **{**(opts.model_kwargs or {}), **kwargs}).eval()
 
 
 def images(model: torch.nn.Module, batch: int) -> torch.Tensor:
@@ -153,7 +164,7 @@ def b3_flops_share(name: str, model: torch.nn.Module, opts: Options) -> list[dic
     rows = []
     for c in stitched:
         f, b = c.front, c.back
-        front = costs[f].front(_unit_index(units[f], c.stage, c.front_block) + 1)[0]
+        front = costs[f].span(0, _unit_index(units[f], c.stage, c.front_block) + 1, stem=True)[0]
         back = c.gflops * 1e9 - front  # the back anchor's blocks and head, plus the stitching layer
         predicted = [tf * front / costs[f].flops + tb * back / costs[b].flops
                      for tf, tb in zip(t[anchor_id[f]], t[anchor_id[b]])]
@@ -227,7 +238,7 @@ def b4_train_step(name: str, model: torch.nn.Module, opts: Options) -> list[dict
 
 def b5_ls_init(opts: Options) -> dict:
     """LS init of all DeiT-Ti/S/B (224) stitching layers; the anchors' forwards on the same images for comparison."""
-    model = timm.create_model('snnet_deit_tsb').eval()
+    model = create('snnet_deit_tsb', dataclasses.replace(opts, img_size=None))  # at 224 (unless --smoke)
     x = images(model, opts.b5_images)
     torch.set_num_threads(opts.threads)
     now = clock(opts.threads)
@@ -245,19 +256,22 @@ def b5_ls_init(opts: Options) -> dict:
                 seconds_for_100=total * scale, estimated=len(x) != 100, met=total * scale <= TARGETS['B5'])
 
 
-def peak_memory(name: str, mode: str, img_size: Optional[int]) -> float:
+def peak_memory(name: str, mode: str, img_size: Optional[int], model_kwargs: Optional[dict] = None) -> float:
     """MiB of peak RSS a child process adds to build `name` (mode 'snnet') or its anchors alone ('anchors') and run
     every anchor at batch 1. Built on the meta device first, so the baseline holds no weights."""
     cmd = [sys.executable, '-m', 'benchmarks.run', '--peak-memory', mode, '--models', name]
     if img_size:
         cmd += ['--img-size', str(img_size)]
+    if model_kwargs:
+        cmd += ['--model-kwargs', json.dumps(model_kwargs)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=Path(__file__).parents[1])
     return json.loads(out.stdout.strip().splitlines()[-1])['peak_mib']
 
 
-def _peak_memory_child(name: str, mode: str, img_size: Optional[int]) -> None:
+def _peak_memory_child(name: str, mode: str, img_size: Optional[int], model_kwargs: Optional[dict] = None) -> None:
     with torch.device('meta'):
-        model = timm.create_model(name, **({'img_size': img_size} if img_size else {})).eval()
+        model = timm.create_model(name, **{**(model_kwargs or {}), **({'img_size': img_size} if img_size else {})})
+    model.eval()
     Path('/proc/self/clear_refs').write_text('5')  # reset the peak (VmHWM) to the current RSS
     base = _status_kib('VmRSS')
     modules = [model] if mode == 'snnet' else [copy.deepcopy(a) for a in model.anchors]
@@ -289,7 +303,8 @@ def b6_table_and_memory(name: str, opts: Options) -> dict:
     start = now()
     model.stitch_configs()
     cached = now() - start
-    snnet_mib, anchors_mib = (peak_memory(name, mode, opts.img_size) for mode in ('snnet', 'anchors'))
+    snnet_mib, anchors_mib = (peak_memory(name, mode, opts.img_size, opts.model_kwargs)
+                              for mode in ('snnet', 'anchors'))
     params = sum(p.numel() for p in model.parameters())
     anchor_params = sum(p.numel() for a in model.anchors for p in a.parameters())
     return dict(model=name, table_build_s=build, table_cached_ms=1e3 * cached, snnet_peak_mib=snnet_mib,
@@ -490,20 +505,23 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help='results folder (default benchmarks/results, or benchmarks/results/quick with --quick)')
     p.add_argument('--peak-memory', choices=('snnet', 'anchors'), help=argparse.SUPPRESS)
     p.add_argument('--img-size', type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument('--model-kwargs', type=json.loads, default=None, help=argparse.SUPPRESS)
+    p.add_argument('--smoke', action='store_true',
+                   help='every measure once on tiny anchors; exits 1 if any fails (results under results/smoke)')
     p.add_argument('--render', type=Path, default=None, help='only rewrite latest.md from this latest.json')
     p.add_argument('--deploy-only', action='store_true',
                    help='only B7-B9 (deploy one stitch) -> deploy.json and deploy.md')
     p.add_argument('--only', choices=('B4',), default=None,
                    help='measure B4 alone (snnet_deit_tsb) and merge it into the output folder\'s latest.json')
     args = p.parse_args(argv)
-    args.output = args.output or (RESULTS / 'quick' if args.quick else RESULTS)
+    args.output = args.output or (RESULTS / 'smoke' if args.smoke else RESULTS / 'quick' if args.quick else RESULTS)
     if args.render:
         (args.output / 'latest.md').write_text(summary(json.loads(args.render.read_text())))
         return 0
     if args.peak_memory:
-        _peak_memory_child(args.models, args.peak_memory, args.img_size)
+        _peak_memory_child(args.models, args.peak_memory, args.img_size, args.model_kwargs)
         return 0
-    opts = make_options(args.quick, args.threads, args.models, (args.only,) if args.only else ())
+    opts = make_options(args.quick, args.threads, args.models, (args.only,) if args.only else (), args.smoke)
     if args.deploy_only:  # B7-B9 alone -> deploy.json / deploy.md beside latest.*
         torch.set_num_threads(opts.threads)
         start = time.perf_counter()
@@ -541,7 +559,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     text = summary(result)
     (args.output / 'latest.md').write_text(text)
     print(text)
-    return 0
+    return 1 if args.smoke and result['errors'] else 0
 
 
 if __name__ == '__main__':

@@ -19,8 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 import timm_snnet  # noqa: F401  (registers snnet_* in timm)
-from timm_snnet.selection import pareto_front
-from timm_snnet.sweep import plot_sweep, write_results
+from timm_snnet import pareto_front, plot_sweep, write_results
 
 HERE = Path(__file__).resolve().parent
 MODEL_DIR = HERE / 'fashion_mnist' / 'model'

@@ -1,5 +1,5 @@
 """Publish the authors' SN-Net v1 weights on the Hugging Face Hub, one command per model (needs internet and a token
-with write access to the `timm_snnet.models.HF_HUB_ORG` organisation):
+with write access to the `timm_snnet._models.HF_HUB_ORG` organisation):
 
     python hub/publish.py snnet_deit_tsb             # -> timm-snnet/snnet_deit_tsb.in1k
     python hub/publish.py snnet_swin_tsb             # -> timm-snnet/snnet_swin_tsb.in22k_ft_in1k
@@ -9,7 +9,7 @@ with write access to the `timm_snnet.models.HF_HUB_ORG` organisation):
 
 For MODEL, in WORKDIR/MODEL (default hub/build/MODEL):
 1. download the authors' release (RELEASES) as the official .pth, unless --checkpoint names a local copy;
-2. convert it (`timm_snnet.convert`, weights_only=True) into converted/ with the compatibility settings;
+2. convert it (`timm_snnet._convert`, weights_only=True) into converted/ with the compatibility settings;
 3. write sweep.json: every config's path, GFLOPs and params (this package's counts) with the authors' published
    top-1 / top-5 from REFERENCE_DIR (default timm_snnet/reference, shipped in the wheel);
 4. push converted/ to the repo of the model's default pretrained tag (its hf_hub_id in default_cfgs), with the
@@ -28,17 +28,15 @@ import timm
 import torch
 from timm.utils import ParseKwargs
 
-import timm_snnet  # noqa: F401  (registers the snnet_* models)
-from timm_snnet import sources
-from timm_snnet.convert import convert
-from timm_snnet.hub import push_snnet, save_snnet
-from timm_snnet.sources import DEFAULT_RELEASE_URL, release_url
-from timm_snnet.utils import file_sha256
+from timm_snnet import convert, push_snnet, save_snnet
+from timm_snnet._convert import official_rows as published_rows
+from timm_snnet._releases import DEFAULT_RELEASE_URL, REFERENCE_DIR, release_url
+from timm_snnet._releases import RELEASES as AUTHORS_RELEASES
+from timm_snnet._utils import file_sha256
 
 HUB_DIR = Path(__file__).resolve().parent
 # model -> (the authors' release, their published per-config results in the reference folder)
-RELEASES = {name: (release_url(name, DEFAULT_RELEASE_URL), r.reference) for name, r in sources.RELEASES.items()}
-REFERENCE_DIR = sources.REFERENCE_DIR  # package data: timm_snnet/reference
+RELEASES = {name: (release_url(name, DEFAULT_RELEASE_URL), r.reference) for name, r in AUTHORS_RELEASES.items()}
 RESULTS = 'ImageNet-1k val, top-1/top-5 as published by the authors (SN-Net v1, Pan, Cai and Zhuang, CVPR 2023)'
 
 
@@ -58,7 +56,7 @@ def official_rows(model: Any, name: str, reference_dir: Path) -> list[dict[str, 
     reference = reference_dir / RELEASES[name][1]
     if not reference.is_file():
         raise SystemExit(f'no reference results at {reference}: pass --reference-dir')
-    rows = sources.official_rows(model, name, reference_dir)
+    rows = published_rows(model, name, reference_dir)
     if rows is None:
         raise SystemExit(f'{reference} lists other configs than the {model.num_configs} of the model: it is not '
                          f'this model')

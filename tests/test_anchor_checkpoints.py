@@ -1,6 +1,6 @@
 """`anchor_checkpoints`: an SN-Net from the user's own anchors (train.py checkpoints, .safetensors, local-dir:),
 strict all-or-nothing loading, `timm-snnet init --anchor-checkpoints`, the config.json round trip, and every command
-of the README's "Stitch your own anchors" section."""
+of the "Stitch your own anchors" section of docs/own-anchors.md."""
 import argparse
 import json
 import shlex
@@ -22,18 +22,18 @@ from timm.data.model_config import resolve_input_data_config
 from timm.models import load_checkpoint, save_for_hf
 from timm.utils import CheckpointSaver, ModelEmaV3, ParseKwargs, get_outdir
 
-from timm_snnet.anchors import AnchorCheckpointError, anchor_checkpoint_records, load_anchor_checkpoints
+from timm_snnet import save_snnet
+from timm_snnet._anchors import AnchorCheckpointError, anchor_checkpoint_records, load_anchor_checkpoints
+from timm_snnet._models import DEIT_TSB
+from timm_snnet._utils import file_sha256
 from timm_snnet.cli import main
-from timm_snnet.hub import save_snnet
-from timm_snnet.models import DEIT_TSB
-from timm_snnet.utils import file_sha256
 
 NAME = 'snnet_deit_tsb'
 CLASSES = 10
 KW = TINY[NAME][0]
 SIZE = KW['img_size']
 KWARGS = [f'{k}={v!r}' for k, v in KW.items()]  # --model-kwargs tokens of the tiny SN-Net
-README = Path(__file__).resolve().parents[1] / 'README.md'
+OWN_ANCHORS_DOC = Path(__file__).resolve().parents[1] / 'docs' / 'own-anchors.md'  # its commands run below
 
 
 def standalone(i: int, num_classes: int = CLASSES) -> torch.nn.Module:
@@ -269,10 +269,10 @@ def test_init_command_bad_anchor_writes_nothing(anchors, tmp_path) -> None:
     assert not out.exists()
 
 
-# --- README: "Stitch your own anchors" ---------------------------------------------------------------------------
+# --- docs/own-anchors.md: "Stitch your own anchors" -------------------------------------------------------------
 def readme_commands() -> list[list[str]]:
     """The commands of the section's bash block, continuation lines joined, comments dropped."""
-    section = README.read_text().split('## Stitch your own anchors', 1)[1].split('\n## ', 1)[0]
+    section = OWN_ANCHORS_DOC.read_text().split('## Stitch your own anchors', 1)[1].split('\n## ', 1)[0]
     block = section.split('```bash', 1)[1].split('```', 1)[0].replace('\\\n', ' ')
     return [shlex.split(line, comments=True) for line in block.splitlines() if shlex.split(line, comments=True)]
 

@@ -12,9 +12,9 @@ import torch
 from conftest import TINY, tiny
 from image_folder import make_image_folder
 
-import timm_snnet.sweep as sweep_mod
+import timm_snnet._evaluate as sweep_mod
+from timm_snnet._selection import pareto_front, parse_stitches, select_stitch
 from timm_snnet.cli import main
-from timm_snnet.selection import pareto_front, parse_stitches, select_stitch
 
 NAME = 'snnet_deit_tsb'
 CLASSES = 4
@@ -54,11 +54,11 @@ def _check_run(out: Path, script: Path, args: list) -> None:
 def test_run_module_runs_script_as_main(script: Path, tmp_path: Path) -> None:
     args = ['/data/imagenet', '--model', NAME, '-h', '--model-kwargs', 'stitch_id=3']
     env = {**ENV, 'RUN_OUT': str(tmp_path / 'seen.json')}
-    proc = subprocess.run([sys.executable, '-m', 'timm_snnet.run', str(script), *args], env=env,
+    proc = subprocess.run([sys.executable, '-m', 'timm_snnet.cli.run', str(script), *args], env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     _check_run(tmp_path / 'seen.json', script, args)
-    failed = subprocess.run([sys.executable, '-m', 'timm_snnet.run', str(script), '--fail'], env=env,
+    failed = subprocess.run([sys.executable, '-m', 'timm_snnet.cli.run', str(script), '--fail'], env=env,
                             capture_output=True, text=True, timeout=120)
     assert failed.returncode == 3, "the script's exit status comes back"
 

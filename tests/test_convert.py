@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from conftest import TINY
 
+from timm_snnet._convert import ConversionError, convert
 from timm_snnet.cli import main as cli
-from timm_snnet.convert import ConversionError, convert
 
 SWIN_TSB = dict(img_size=32, anchor_kwargs=[
     dict(embed_dim=e, depths=d, num_heads=h, window_size=4) for e, d, h in (

@@ -91,9 +91,9 @@ def test_plain_ddp_every_model_same_stitches_identical_params(tmp_path: Path) ->
         _assert_same_params(*(load_file(str(tmp_path / f'{name}.{r}.safetensors')) for r in range(WORLD)))
 
 
-# --- torchrun -m timm_snnet.run: train.py's distributed code path -----------------------------------------------------
+# --- torchrun -m timm_snnet.cli.run: train.py's distributed code path -----------------------------------------------------
 DDP_SCRIPT = '''
-"""train.py's distributed path through timm's library, launched by torchrun -m timm_snnet.run."""
+"""train.py's distributed path through timm's library, launched by torchrun -m timm_snnet.cli.run."""
 import argparse, json, os
 import torch
 from timm import utils
@@ -155,7 +155,7 @@ torch.distributed.destroy_process_group()
 
 
 def test_torchrun_timm_snnet_run_trains_in_lockstep(tmp_path: Path) -> None:
-    from timm_snnet.sweep import init_checkpoint
+    from timm_snnet._evaluate import init_checkpoint
 
     name = 'snnet_deit_tsb'
     data = make_image_folder(tmp_path / 'data', classes=4, train=6, val=1, size=32)
@@ -165,7 +165,7 @@ def test_torchrun_timm_snnet_run_trains_in_lockstep(tmp_path: Path) -> None:
     script.write_text(DDP_SCRIPT)
     kwargs = [f'{k}={v!r}' for k, v in TINY[name][0].items()]
     cmd = [sys.executable, '-m', 'torch.distributed.run', f'--nproc_per_node={WORLD}', '--master_addr=127.0.0.1',
-           f'--master_port={_free_port()}', '-m', 'timm_snnet.run', str(script), '--data-dir', str(data),
+           f'--master_port={_free_port()}', '-m', 'timm_snnet.cli.run', str(script), '--data-dir', str(data),
            '--output', str(tmp_path), '--model', name, '--initial-checkpoint', str(init),
            '--img-size', str(TINY[name][1][-1]), '--model-kwargs', *kwargs]
     env = {**os.environ, 'HF_HUB_OFFLINE': '1', 'OMP_NUM_THREADS': '1', 'PYTHONWARNINGS': 'ignore'}

@@ -8,8 +8,8 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from timm_snnet.configs import enumerate_configs
-from timm_snnet.sources import REFERENCE_DIR
+from timm_snnet._configs import enumerate_configs
+from timm_snnet._releases import REFERENCE_DIR
 
 REFERENCE = REFERENCE_DIR  # the authors' published per-config results (package data)
 

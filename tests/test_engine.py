@@ -123,7 +123,7 @@ def test_train_step_grads_only_on_the_path(tiny_name):
     model = tiny(tiny_name).train()
     model(tiny_input(tiny_name)).mean().backward()
     model._step -= 1  # replay the draw
-    off = {f'{m}.{p}' for m, p in model._off_path_names(model.sample_stitch())}
+    off = {f'{m}.{p}' for m, p in model.off_path_names(model.sample_stitch())}
     assert off, 'the sampled path leaves parameters out'
     assert {n for n, p in model.named_parameters() if p.grad is None} == off
 

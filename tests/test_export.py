@@ -11,9 +11,8 @@ import torch
 from conftest import tiny, tiny_input
 from timm.models import save_for_hf
 
-from timm_snnet import ExportedStitch, SNNet
+from timm_snnet import ExportedStitch, SNNet, save_snnet
 from timm_snnet.cli import main
-from timm_snnet.hub import save_snnet
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 
@@ -124,7 +123,7 @@ def test_loading_holds_only_the_path(tmp_path):
     The ~60 MiB above the weights is the forward's activations and the library code it touches first."""
     with torch.device('meta'):
         model = timm.create_model('snnet_deit_tsb')
-    k = next(c.id for c in model._configs if (c.front, c.back, c.front_block, c.back_block) == (1, 2, 1, 2))
+    k = next(c.id for c in model.configs if (c.front, c.back, c.front_block, c.back_block) == (1, 2, 1, 2))
     stitch = model.export_stitch(k)
     stitch.to_empty(device='cpu')
     with torch.no_grad():
@@ -181,7 +180,7 @@ def test_cli_export_by_id_and_budget(saved, tmp_path, capsys):
     with pytest.raises(SystemExit, match='max_latency_ms needs `latency_ms_b1`'):
         main(['export', '--model', 'snnet_deit_tsb', '--checkpoint', str(folder), '--max-latency-ms', '5',
               '--output', str(tmp_path / 'none')])
-    with pytest.raises(SystemExit, match='not an empty folder'):
+    with pytest.raises(SystemExit, match='exists and is not empty'):
         main(['export', '--model', 'snnet_deit_tsb', '--checkpoint', str(folder), '--stitch', '1',
               '--output', str(tmp_path / 'k5')])
     assert not (tmp_path / 'none').exists()
@@ -225,7 +224,7 @@ def test_cli_profile_merge_select_plot(saved, tmp_path):
 
 def test_profile_runs_in_interleaved_rounds(monkeypatch):
     """Each round times every (config, batch) once, and the row is the median over rounds."""
-    import timm_snnet.export as export
+    import timm_snnet._latency as export
 
     order, values = [], iter(range(1, 100))
     monkeypatch.setattr(export, '_timed', lambda fn, threads, t: (order.append(fn), next(values) / 1e3)[1])

@@ -11,7 +11,7 @@ from conftest import TINY, tiny, tiny_input
 from safetensors.torch import load_file
 from timm.models import save_for_hf
 
-from timm_snnet.hub import save_snnet
+from timm_snnet import save_snnet
 
 
 def _hooked_features(model, x):

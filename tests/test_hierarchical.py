@@ -21,10 +21,10 @@ from timm.models.swin_transformer import PatchMerging, SwinTransformer, SwinTran
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from timm_snnet.configs import assign_layers, enumerate_configs
-from timm_snnet.flops import sdpa_flop_jit
-from timm_snnet.sources import REFERENCE_DIR
-from timm_snnet.stitching import ConvStitch, LinearStitch
+from timm_snnet._configs import assign_layers, enumerate_configs
+from timm_snnet._flops import sdpa_flop_jit
+from timm_snnet._releases import REFERENCE_DIR
+from timm_snnet._stitching import ConvStitch, LinearStitch
 
 REFERENCE = REFERENCE_DIR  # the authors' published per-config results (package data)
 OFFICIAL = {

@@ -16,10 +16,11 @@ from huggingface_hub import HfApi, ModelCard, constants, hf_hub_download
 from safetensors.torch import save_file
 from test_convert import SWIN_TSB, _deit_table, _official
 
-from timm_snnet import HF_HUB_ORG
+from timm_snnet import HF_HUB_ORG, push_snnet, save_snnet
+from timm_snnet._load import SNNetLoadError, load_snnet
+from timm_snnet._publish import parse_card_table
+from timm_snnet._releases import REFERENCE_DIR
 from timm_snnet.cli import main as cli
-from timm_snnet.hub import SNNetLoadError, load_snnet, parse_card_table, push_snnet, save_snnet
-from timm_snnet.sources import REFERENCE_DIR
 
 REPO = 'tester/snnet-tiny'
 ARCH_ARGS = {'anchors', 'anchor_kwargs', 'names', 'rule', 'stages', 'kernel_size', 'stride', 'layer_assignment',
@@ -42,7 +43,7 @@ def _trained(name: str, **kwargs) -> torch.nn.Module:
 
 
 def _sweep(model, path: Path, ids=None) -> Path:
-    """A sweep.json in timm_snnet.sweep's format (made-up accuracies)."""
+    """A sweep.json in timm_snnet._evaluate's format (made-up accuracies)."""
     configs = model.stitch_configs()
     rows = [dict(id=c.id, path=model.describe(c), gflops=c.gflops, params=c.params, top1=40 + 2.5 * c.id % 37,
                  top5=70 + c.id % 29, latency_ms_b1=1.0, latency_ms_bN=2.0)

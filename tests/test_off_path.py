@@ -19,7 +19,7 @@ from timm.optim import create_optimizer_v2
 from timm.utils import NativeScaler, dispatch_clip_grad
 from torch import nn
 
-from timm_snnet import training
+from timm_snnet import _training as training
 
 NAME = 'snnet_deit_tsb'
 CLASSES = 4

@@ -6,9 +6,8 @@ import pytest
 import torch
 from conftest import tiny, tiny_input
 
+from timm_snnet import check_onnx, export_onnx, save_snnet
 from timm_snnet.cli import main
-from timm_snnet.export import check_onnx, export_onnx
-from timm_snnet.hub import save_snnet
 
 onnx = pytest.importorskip('onnx')
 pytest.importorskip('onnxruntime')

@@ -21,10 +21,11 @@ from hub_server import HubServer
 from test_convert import _RAN, _official, _Payload
 from test_hub import RECIPES
 
-from timm_snnet import HF_HUB_ORG
-from timm_snnet.convert import convert_official_v1
-from timm_snnet.hub import SNNetLoadError, push_snnet, save_snnet
-from timm_snnet.sources import REFERENCE_DIR, RELEASE_URL_ENV, RELEASES, official_dir
+from timm_snnet import HF_HUB_ORG, push_snnet, save_snnet
+from timm_snnet._convert import convert_official_v1
+from timm_snnet._load import SNNetLoadError
+from timm_snnet._releases import REFERENCE_DIR, RELEASES
+from timm_snnet._sources import RELEASE_URL_ENV, official_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 RESNET = RECIPES['snnet_resnet'][0]  # tiny ResNet-18/50 with the authors' depths: the published 10 configs
@@ -102,7 +103,7 @@ def test_fallback_converts_the_release(name: str, release: ReleaseServer, hub_se
     ckpt = _file(name, tmp_path)
     release.serve(name, ckpt.read_bytes())
     kwargs = RECIPES[name][0]
-    with caplog.at_level(logging.INFO, logger='timm_snnet.sources'):
+    with caplog.at_level(logging.INFO, logger='timm_snnet._sources'):
         model = timm.create_model(name, pretrained=True, **kwargs)
     repo = timm.models.get_pretrained_cfg(name).hf_hub_id
     assert any(repo in p for _, p in hub_server.requests)  # the Hub was asked first
@@ -139,7 +140,7 @@ def test_second_load_offline_and_empty_cache(release: ReleaseServer, hub_server:
         raise AssertionError('torch.load called on a cached load')
 
     monkeypatch.setattr(torch, 'load', no_pickle)
-    with caplog.at_level(logging.INFO, logger='timm_snnet.sources'):
+    with caplog.at_level(logging.INFO, logger='timm_snnet._sources'):
         second = timm.create_model(name, pretrained=True, **RESNET)
     assert not hub_server.requests and not release.requests  # no network, no pickle
     assert "from the authors' release" in caplog.text and 'converted resnet_18_50.pth in' not in caplog.text
@@ -211,7 +212,7 @@ def test_hub_wins_when_the_repo_exists(release: ReleaseServer, hub_server: HubSe
         for p in published.parameters():
             p.mul_(0.5)  # not the release's weights: shows which source was read
     push_snnet(published, f'{HF_HUB_ORG}/snnet_resnet.in1k')
-    with caplog.at_level(logging.INFO, logger='timm_snnet.sources'):
+    with caplog.at_level(logging.INFO, logger='timm_snnet._sources'):
         model = timm.create_model(name, pretrained=True, **RESNET)
     assert not release.requests and f"pretrained weights from the Hub repo '{HF_HUB_ORG}/snnet_resnet.in1k'" \
         in caplog.text

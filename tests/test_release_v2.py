@@ -16,9 +16,10 @@ from huggingface_hub import HfApi, try_to_load_from_cache
 from test_snnetv2 import ROWS, TINY_V2, _authors_checkpoint, _x
 
 from timm_snnet import HF_HUB_ORG
-from timm_snnet.convert import convert_official_v2, official_stitch_table
-from timm_snnet.hub import SNNetLoadError
-from timm_snnet.sources import HUB_RELEASES, official_dir, official_rows
+from timm_snnet._convert import convert_official_v2, official_stitch_table
+from timm_snnet._load import SNNetLoadError
+from timm_snnet._releases import HUB_RELEASES
+from timm_snnet._sources import official_dir, official_rows
 
 NAME = 'snnetv2_deit3_s_l'
 REPO, FILE = HUB_RELEASES[NAME].repo_id, HUB_RELEASES[NAME].file
@@ -64,7 +65,7 @@ def test_authors_hub_repo_converted_once(authors, hub_server: HubServer, hub_end
     path, converted = authors
     _publish(path.read_bytes())
     hub_server.requests.clear()
-    with caplog.at_level(logging.INFO, logger='timm_snnet.sources'):
+    with caplog.at_level(logging.INFO, logger='timm_snnet._sources'):
         model = timm.create_model(NAME, pretrained=True, **TINY_V2)
     assert any(OURS in p for _, p in hub_server.requests)  # our repo was asked first (absent)
     assert _file_gets(hub_server) == 1

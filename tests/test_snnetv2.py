@@ -17,12 +17,13 @@ from safetensors.torch import load_file, save_file
 from timm.optim import create_optimizer_v2
 from timm.utils import ParseKwargs
 
+from timm_snnet import save_snnet
+from timm_snnet._configs import two_way_configs
+from timm_snnet._convert import ConversionError, convert_official_v2, official_stitch_table
+from timm_snnet._releases import HUB_RELEASES
+from timm_snnet._sampling import flops_groups, ros_weights
+from timm_snnet._stitching import LinearStitch, LowRankLinearStitch
 from timm_snnet.cli import main as cli
-from timm_snnet.configs import two_way_configs
-from timm_snnet.convert import OFFICIAL_V2, ConversionError, convert_official_v2, official_stitch_table
-from timm_snnet.hub import save_snnet
-from timm_snnet.sampling import flops_groups, ros_weights
-from timm_snnet.stitching import LinearStitch, LowRankLinearStitch
 
 REFERENCE = Path(__file__).parents[1] / 'timm_snnet' / 'reference' / 'snnetv2_deit3_s_l.official.jsonl'
 ROWS = [json.loads(line) for line in REFERENCE.read_text().splitlines()]
@@ -347,7 +348,7 @@ def test_convert_official_v2_gives_the_authors_outputs(tmp_path: Path, capsys: p
     table = model.stitch_table
     assert len(table) == 134 and table[0]['top1'] == ROWS[0]['acc1'] and table[0]['path'] == 'S'
     assert table == official_stitch_table('snnetv2_deit3_s_l', model)
-    release = OFFICIAL_V2['snnetv2_deit3_s_l']
+    release = HUB_RELEASES['snnetv2_deit3_s_l']
     assert (release.repo_id, release.filename) == ('ziplab/snnetv2_deit3_s_l_imagenet_1k', 'snnetv2_deit3_s_l.pth')
 
 
@@ -437,7 +438,7 @@ def _layers_of(k: int) -> list[int]:
 
 def test_least_squares_init_solves_each_two_way_layer_once():
     """Each v2 layer joins one pair of cuts in many routes: its init is that pair's least-squares solution."""
-    from timm_snnet.stitching import LeastSquares, to_rows
+    from timm_snnet._stitching import LeastSquares, to_rows
 
     model = tiny_v2(stitch_rank=2)
     images = _x(6, seed=3)

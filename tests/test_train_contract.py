@@ -26,7 +26,7 @@ from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 from timm.task import ClassificationTask, load_task_ema_checkpoint, resume_task_checkpoint
 
-from timm_snnet.sweep import init_checkpoint
+from timm_snnet._evaluate import init_checkpoint
 
 NAME = 'snnet_deit_tsb'
 CLASSES = 4
@@ -326,7 +326,7 @@ def test_grad_accum_clip_ema_leave_off_path_parameters_untouched(tmp_path):
     model, ema, opt = run['model'], run['ema'], run['optimizer']
     assert run['updates_per_epoch'] == 2 and len(run['stitches']) == 4
     assert all(k >= 3 for k in run['stitches']), 'anchor_share=0 draws only stitches'
-    off = set.intersection(*({f'{m}.{p}' for m, p in model._off_path_names(k)} for k in run['stitches']))
+    off = set.intersection(*({f'{m}.{p}' for m, p in model.off_path_names(k)} for k in run['stitches']))
     assert {'anchors.0.head.weight', 'anchors.2.patch_embed.proj.weight'} <= off
     params, ema_params = dict(model.named_parameters()), dict(ema.named_parameters())
     for n, p in params.items():

@@ -6,7 +6,7 @@ Steps (each logged with its wall time):
   2. per run: build `snnet_deit_tsb` from them (same engine, same entry point), least-squares init of the stitching
      layers from 100 training images, SN-Net training with stitch sampling (the paper's optimizer semantics);
   3. the first variant runs with `--num-seeds` seeds, every other variant (uniform, ROS, ...) with the first seed;
-  4. sweep every stitch on the test set with `timm_snnet.sweep`, plot the Pareto fronts, write report.md with the
+  4. sweep every stitch on the test set with `timm_snnet._evaluate`, plot the Pareto fronts, write report.md with the
      seeds' mean and std, and OUT/model: the first run's SN-Net (fp16) with its stitch table, for `make demo`.
 
     python examples/fashion_mnist/reproduce.py                    # full run (see RESULTS.md for its numbers)
@@ -38,9 +38,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import timm_snnet  # noqa: F401  (registers snnet_deit_tsb)
-from timm_snnet.models import DEIT_TSB
-from timm_snnet.selection import pareto_front
-from timm_snnet.sweep import ROW_KEYS, evaluate, measure_latency, plot_sweep, write_results
+from timm_snnet import DEIT_TSB, ROW_KEYS, evaluate, measure_latency, pareto_front, plot_sweep, write_results
 
 DEFAULT_DATA_DIR = Path('/usr/share/datasets/fashion-mnist')  # Debian package `dataset-fashion-mnist`
 FILES = {
@@ -186,7 +184,7 @@ def accuracy(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], batch_si
 # --- sweep and summary ---------------------------------------------------------------------------------------------
 def sweep_rows(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], batch_size: int, latency_iters: int,
                log: Callable[[str], None]) -> list[dict]:
-    """Every stitch through `timm_snnet.sweep`'s evaluate / measure_latency, as sweep.json rows."""
+    """Every stitch through `timm_snnet._evaluate`'s evaluate / measure_latency, as sweep.json rows."""
     loader = list(batches(data, batch_size))
     device = torch.device('cpu')
     rows = []
@@ -449,7 +447,7 @@ def export_demo_model(snnet: nn.Module, rows: list[dict], test_all, n_images: in
                       seed: int) -> None:
     """The trained SN-Net (fp16 safetensors + config.json with its measured stitch table), `n_images` test images
     and a provenance note, for `make demo` (copy the folder to examples/fashion_mnist/model)."""
-    from timm_snnet.hub import save_snnet
+    from timm_snnet import save_snnet
 
     if folder.exists():
         shutil.rmtree(folder)

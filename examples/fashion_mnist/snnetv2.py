@@ -27,10 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import timm_snnet  # noqa: F401  (registers the entry points)
-from timm_snnet.models import DEIT3
-from timm_snnet.sampling import flops_groups
-from timm_snnet.selection import pareto_front
-from timm_snnet.sweep import evaluate
+from timm_snnet import DEIT3, evaluate, flops_groups, pareto_front
 
 sys.path.insert(0, str(Path(__file__).parent))
 from reproduce import (  # noqa: E402  (the v1 pipeline's data, training loop and summary)

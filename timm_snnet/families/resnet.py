@@ -3,7 +3,7 @@ import torch
 from timm.models.resnet import ResNet
 from torch import nn
 
-from . import Family, Unit, register_family
+from ._base import Family, Unit, register_family
 
 
 @register_family

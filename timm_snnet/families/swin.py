@@ -2,7 +2,7 @@
 import torch
 from timm.models.swin_transformer import SwinTransformer
 
-from . import Family, Unit, register_family
+from ._base import Family, Unit, register_family
 
 
 @register_family

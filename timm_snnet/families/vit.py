@@ -4,7 +4,7 @@ from typing import Sequence
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from . import Family, Unit, register_family
+from ._base import Family, Unit, register_family
 
 
 @register_family

@@ -14,8 +14,9 @@ from fvcore.nn import FlopCountAnalysis
 from fvcore.nn.jit_handles import get_shape
 from torch import nn
 
+from ._routes import owned
+from ._utils import eval_mode
 from .families import Family
-from .utils import eval_mode
 
 
 def sdpa_flop_jit(inputs: list[Any], outputs: list[Any]) -> int:
@@ -57,10 +58,6 @@ class AnchorCosts:
         return flops, params
 
 
-def _owned(name: str, prefixes: Sequence[str]) -> bool:
-    return any(name == p or name.startswith(p + '.') for p in prefixes)
-
-
 def anchor_costs(model: nn.Module, family: Family, input_size: Sequence[int]) -> AnchorCosts:
     """Trace one anchor at batch 1 and split its costs by the family's stem and unit module names."""
     units = family.units(model)
@@ -72,7 +69,7 @@ def anchor_costs(model: nn.Module, family: Family, input_size: Sequence[int]) ->
     named = dict(model.named_parameters())
 
     def params_of(prefixes: Sequence[str]) -> int:
-        return sum(p.numel() for n, p in named.items() if _owned(n, prefixes))
+        return sum(p.numel() for n, p in named.items() if owned(n, prefixes))
 
     return AnchorCosts(
         flops=int(by_module['']),

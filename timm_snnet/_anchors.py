@@ -20,14 +20,22 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import torch
+from huggingface_hub import try_to_load_from_cache
 from safetensors import SafetensorError
 from safetensors.torch import load_file
-from timm.models import clean_state_dict, parse_model_name
+from timm.models import clean_state_dict, get_pretrained_cfg, parse_model_name
+from timm.models._hub import (
+    hf_split,
+    load_model_config_from_hf,
+    load_model_config_from_path,
+    load_state_dict_from_hf,
+    load_state_dict_from_path,
+)
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import UnsafeCheckpointError, read_pickle
-from .utils import file_sha256
+from ._pickle import UnsafeCheckpointError, read_pickle
+from ._utils import file_sha256
 
 __all__ = ['EMA_PREFIX', 'AnchorCheckpointError', 'AnchorSource', 'parse_anchor_checkpoints',
            'read_anchor_state', 'check_anchor_state', 'load_anchor_checkpoints', 'anchor_checkpoint_records']
@@ -119,13 +127,6 @@ def _arch_of(ckpt: Any) -> Optional[str]:
 
 def _read_hub(src: AnchorSource) -> tuple[dict[str, Any], str]:
     """State dict and architecture of a timm model folder or Hub repo, by timm's own loaders."""
-    from timm.models._hub import (
-        load_model_config_from_hf,
-        load_model_config_from_path,
-        load_state_dict_from_hf,
-        load_state_dict_from_path,
-    )
-
     try:
         if src.kind == 'hf-hub':
             _, arch, _ = load_model_config_from_hf(src.location)
@@ -236,9 +237,6 @@ def _weights_file(src: AnchorSource) -> Optional[Path]:
         return Path(src.location)
     if src.kind == 'local-dir':
         return next((Path(src.location) / n for n in _HUB_WEIGHTS if (Path(src.location) / n).is_file()), None)
-    from huggingface_hub import try_to_load_from_cache
-    from timm.models._hub import hf_split
-
     repo, revision = hf_split(src.location)
     found = (try_to_load_from_cache(repo, n, revision=revision) for n in _HUB_WEIGHTS)
     return next((Path(p) for p in found if isinstance(p, str)), None)
@@ -255,3 +253,11 @@ def anchor_checkpoint_records(specs: Optional[Sequence[Any]], num_anchors: int) 
         out.append(dict(checkpoint=src.spec, file=str(path.resolve()) if path else None,
                         sha256=file_sha256(path) if path else None, ema=src.ema))
     return out
+
+
+def shared_kwargs(anchor: str, common: dict[str, Any]) -> dict[str, Any]:
+    """Kwargs shared by every anchor; as in timm, only models with a fixed input size take `img_size`."""
+    cfg = get_pretrained_cfg(anchor)
+    if cfg is not None and not cfg.fixed_input_size:
+        return {k: v for k, v in common.items() if k != 'img_size'}
+    return common

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 if TYPE_CHECKING:
-    from .snnet import SNNet
+    from ._snnet import SNNet
 
 OFF_PATH_MODES = ('skip', 'zero')
 
@@ -84,7 +84,7 @@ class PathLedger:
 
     def off_path(self, model: SNNet, stitch_id: int) -> list[torch.Tensor]:
         if stitch_id not in self.off_params:
-            names = model._off_path_names(stitch_id)
+            names = model.off_path_names(stitch_id)
             self.off_params[stitch_id] = [getattr(model.get_submodule(m), p) for m, p in names]
         return self.off_params[stitch_id]
 

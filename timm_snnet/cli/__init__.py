@@ -1,15 +1,25 @@
-"""`timm-snnet` command line. Each subcommand lives in the module that does the work.
+"""`timm-snnet` command line: argparse, messages and exit codes. Each subcommand lives in its own module here.
 
-A module in `COMMAND_MODULES` exposes `add_commands(subparsers)`; each parser it adds sets `func=callable(args)`.
+A module in `COMMANDS` exposes `add_commands(subparsers)`; each parser it adds sets `func=callable(args)`. The library
+raises (ValueError, SNNetLoadError, FileNotFoundError, ...); only this package turns errors into exit codes.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from typing import Optional, Sequence
 
-COMMAND_MODULES = ('timm_snnet.run', 'timm_snnet.sweep', 'timm_snnet.hub', 'timm_snnet.convert', 'timm_snnet.export')
+import timm
+
+from .. import SNNetLoadError
+from .._anchors import AnchorCheckpointError
+from .._convert import ConversionError
+from . import convert, export, push, run, sweep
+
+COMMANDS = (run, sweep, push, convert, export)
+# what the library raises for bad input: reported as `timm-snnet COMMAND: message` on stderr, exit status 1
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError, ImportError,
+               SNNetLoadError, AnchorCheckpointError, ConversionError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,22 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
     table = subparsers.add_parser('configs', help='print the config table of a model (id, path, GFLOPs, params)')
     table.add_argument('--model', default='snnet_deit_tsb', help='registered snnet model name')
     table.set_defaults(func=_print_configs)
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
-            continue
+    for module in COMMANDS:
         module.add_commands(subparsers)
     return parser
 
 
 def _print_configs(args: argparse.Namespace) -> int:
-    import timm
-
-    import timm_snnet  # noqa: F401
-
     model = timm.create_model(args.model)
     configs = model.stitch_configs()
     width = max(len(model.describe(c)) for c in configs)
@@ -45,12 +45,16 @@ def _print_configs(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args, extra = build_parser().parse_known_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, 'accepts_extra', False):
-        build_parser().error(f'unrecognized arguments: {" ".join(extra)}')
+        parser.error(f'unrecognized arguments: {" ".join(extra)}')
     if getattr(args, 'accepts_extra', False):
         args.extra = extra
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except USER_ERRORS as e:
+        raise SystemExit(f'timm-snnet {args.command}: {e}') from e
 
 
 if __name__ == '__main__':

@@ -11,22 +11,23 @@ from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
 import timm
 import torch
-from timm.models import get_pretrained_cfg
 from timm.models._input import get_model_input_config
-from timm.models._manipulate import checkpoint
 from torch import nn
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing as is_fx_tracing
 from tqdm.auto import tqdm
 
-from .anchors import load_anchor_checkpoints, parse_anchor_checkpoints
-from .configs import Route, Rule, Segment, StitchConfig, assign_layers, enumerate_configs
+from ._anchors import load_anchor_checkpoints, parse_anchor_checkpoints, shared_kwargs
+from ._configs import Route, Rule, Segment, StitchConfig, assign_layers, enumerate_configs
+from ._exported import export_stitch
+from ._features import SNNetFeatures
+from ._flops import AnchorCosts, anchor_costs, stitching_layer_cost
+from ._routes import finish_route, owned, route_names, run_route, run_units
+from ._sampling import SAMPLINGS, Sampling, ros_weights
+from ._selection import select_stitch
+from ._stitching import LeastSquares, average_affine, create_stitching_layer, to_rows
+from ._training import JoinOffPath, anchor_share_weights, check_off_path, distributed, forget, ledger
+from ._utils import eval_mode
 from .families import Family, Unit, family_for
-from .features import SNNetFeatures
-from .flops import AnchorCosts, anchor_costs, stitching_layer_cost
-from .sampling import SAMPLINGS, Sampling, ros_weights
-from .stitching import LeastSquares, average_affine, create_stitching_layer, to_rows
-from .training import JoinOffPath, anchor_share_weights, check_off_path, distributed, forget, ledger
-from .utils import eval_mode
 
 _MASK64 = (1 << 64) - 1
 
@@ -133,7 +134,7 @@ class SNNet(SNNetFeatures, nn.Module):
         sources = parse_anchor_checkpoints(anchor_checkpoints, len(anchors))  # bad entries fail before any download
         self.anchors = nn.ModuleList([
             timm.create_model(name, pretrained=pretrained_anchors and src is None,
-                              **{**_shared_kwargs(name, common), **kw})
+                              **{**shared_kwargs(name, common), **kw})
             for name, kw, src in zip(anchors, anchor_kwargs, sources)])
         if anchor_checkpoints is not None:
             load_anchor_checkpoints(self.anchors, anchors, anchor_checkpoints)
@@ -220,7 +221,31 @@ class SNNet(SNNetFeatures, nn.Module):
 
     def route(self, stitch_id: int) -> Route:
         """The segments and stitching layers that config `stitch_id` runs."""
-        return self._routes[self._check_id(stitch_id)]
+        return self._routes[self.check_id(stitch_id)]
+
+    @property
+    def families(self) -> tuple[Family, ...]:
+        """The family adapter of each anchor."""
+        return tuple(self._families)
+
+    @property
+    def units(self) -> tuple[list[Unit], ...]:
+        """The units (cut-able blocks) of each anchor, across stages."""
+        return tuple(self._units)
+
+    @property
+    def configs(self) -> tuple[StitchConfig, ...]:
+        """Every config's structure (ids, anchors, cut blocks, layers), without costs (see `stitch_configs`)."""
+        return tuple(self._configs)
+
+    def restrict_to(self, stitch_id: int, route: Route) -> None:
+        """Make `route` config `stitch_id`'s route and the only one left (the model was pruned to it): other ids are
+        refused, training samples only it, and cached costs and off-path bookkeeping are dropped."""
+        self._routes[stitch_id] = route
+        self._pruned_to = stitch_id
+        self.set_sampling_weights([float(i == stitch_id) for i in range(self.num_configs)])
+        forget(self)  # the off-path ledger names parameters that are gone now
+        self._costs.clear()
 
     @property
     def num_configs(self) -> int:
@@ -249,7 +274,7 @@ class SNNet(SNNetFeatures, nn.Module):
         return 1 if self._families[self._routes[self._stitch_id].last.anchor].layout == 'nchw' else -1
 
     # --- stitch selection ------------------------------------------------------------------------------------------
-    def _check_id(self, stitch_id: Any) -> int:
+    def check_id(self, stitch_id: Any) -> int:
         valid = f'valid ids are integers 0..{len(self._configs) - 1}'
         if isinstance(stitch_id, bool):
             raise ValueError(f'stitch id must be an integer, got bool {stitch_id}; {valid}')
@@ -267,7 +292,7 @@ class SNNet(SNNetFeatures, nn.Module):
 
     def set_stitch(self, stitch_id: int) -> None:
         """Make `stitch_id` the active config (O(1)). It runs in eval mode and in `forward_features`/`forward_head`."""
-        self._stitch_id = self._check_id(stitch_id)
+        self._stitch_id = self.check_id(stitch_id)
 
     def set_sampling_weights(self, weights: Optional[Sequence[float]] = None, explicit: bool = True) -> None:
         """Relative probability of each config in training-time sampling; None is uniform. Explicit weights replace
@@ -355,7 +380,7 @@ class SNNet(SNNetFeatures, nn.Module):
                                       error_msgs)
 
     # --- config table ----------------------------------------------------------------------------------------------
-    def _input_size(self) -> tuple[int, ...]:
+    def input_size(self) -> tuple[int, ...]:
         """The model's current input size (timm's traits: `img_size` kwarg, else the pretrained cfg)."""
         if getattr(self, 'pretrained_cfg', None):
             return tuple(get_model_input_config(self)['input_size'])
@@ -378,7 +403,7 @@ class SNNet(SNNetFeatures, nn.Module):
 
     def stitch_configs(self, input_size: Optional[Sequence[int]] = None) -> tuple[StitchConfig, ...]:
         """Every config with its GFLOPs (fvcore, batch 1) and the params on its path."""
-        costs, layer_costs = self._anchor_costs(tuple(input_size or self._input_size()))
+        costs, layer_costs = self._anchor_costs(tuple(input_size or self.input_size()))
         out = []
         for c, route in zip(self._configs, self._routes):
             parts = [costs[s.anchor].span(s.start, s.stop, stem=s is route.first, head=s is route.last)
@@ -392,38 +417,27 @@ class SNNet(SNNetFeatures, nn.Module):
 
     # --- forward ---------------------------------------------------------------------------------------------------
     def _run(self, anchor: int, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        model, family = self.anchors[anchor], self._families[anchor]
-        for unit in self._units[anchor][start:stop]:
-            for name in unit.modules:
-                if self.grad_checkpointing and torch.is_grad_enabled() and not is_fx_tracing():
-                    x = checkpoint(family.run_module, model, name, x)
-                else:
-                    x = family.run_module(model, name, x)
-        return x
+        return run_units(self._families[anchor], self.anchors[anchor], self._units[anchor], start, stop, x,
+                         self.grad_checkpointing)
 
-    def _check_route_input(self, route: Route, x: torch.Tensor) -> None:
+    def check_input(self, route: Route, x: torch.Tensor) -> None:
+        """Raise a clear ValueError for an input that an anchor on the route cannot take."""
         if not is_fx_tracing():  # the input must suit every anchor on the path (pruned: only the stem is left to ask)
             for anchor in dict.fromkeys(s.anchor for s in route.segments[:1 if self._pruned_to is not None else None]):
                 self._families[anchor].check_input(self.anchors[anchor], x)
 
-    def _finish(self, route: Route, x: torch.Tensor) -> torch.Tensor:
-        """The last anchor's final norm (skipped on stitched paths with `stitched_final_norm=False`)."""
-        if route.layers and not self.stitched_final_norm:
-            return x
-        return self._families[route.last.anchor].finish(self.anchors[route.last.anchor], x)
+    def finish(self, route: Route, x: torch.Tensor) -> torch.Tensor:
+        """The route's final norm (see `finish_route`)."""
+        return finish_route(route, self.anchors, self._families, x, self.stitched_final_norm)
 
     def _features(self, x: torch.Tensor, stitch_id: int) -> torch.Tensor:
         route = self._routes[stitch_id]
         if self.off_path == 'skip' and self.training and torch.is_grad_enabled() and not is_fx_tracing():
             ledger(self).record(self, stitch_id)  # the optimizer pre-hook updates only what a forward used
-        self._check_route_input(route, x)
-        first = route.first
-        x = self._families[first.anchor].stem(self.anchors[first.anchor], x)
-        x = self._run(first.anchor, x, first.start, first.stop)
-        for layer, _, seg in route.joins():
-            x = self.stitch_layers[layer](x)
-            x = self._run(seg.anchor, x, seg.start, seg.stop)
-        return self._finish(route, x)
+        self.check_input(route, x)
+        x, _ = run_route(route, self.anchors, self._families, self._units, self.stitch_layers, x,
+                         checkpointing=self.grad_checkpointing)
+        return self.finish(route, x)
 
     def _head(self, x: torch.Tensor, stitch_id: int, pre_logits: bool = False) -> torch.Tensor:
         last = self._routes[stitch_id].last.anchor
@@ -439,7 +453,7 @@ class SNNet(SNNetFeatures, nn.Module):
         """Run one stitch: `stitch_id` for this call only; else, in training, a sampled one; else the active one."""
         tracing = is_fx_tracing()
         if stitch_id is not None and not tracing:
-            k = self._check_id(stitch_id)
+            k = self.check_id(stitch_id)
         elif self.training and not tracing:
             k = self.sample_stitch()
         else:
@@ -453,26 +467,15 @@ class SNNet(SNNetFeatures, nn.Module):
         """Join parameters off the path to the graph, so DDP without find_unused_parameters works: with a zero
         gradient (`off_path='zero'`) or an undefined one (`'skip'`: DDP's reducer zero-fills its buckets)."""
         if tracing:  # reach parameters as module attributes so FX records them
-            zero = sum(getattr(self.get_submodule(m), p).sum() for m, p in self._off_path_names(stitch_id)) * 0.0
+            zero = sum(getattr(self.get_submodule(m), p).sum() for m, p in self.off_path_names(stitch_id)) * 0.0
             return x + zero
         params = ledger(self).off_path(self, stitch_id)
         return JoinOffPath.apply(x, self.off_path == 'zero', *params) if params else x
 
-    def _off_path_names(self, stitch_id: int) -> list[tuple[str, str]]:
-        route = self._routes[stitch_id]
-        on = {f'stitch_layers.{layer}' for layer in route.layers}
-        for seg in route.segments:
-            prefix = f'anchors.{seg.anchor}.'
-            on.update(prefix + m for u in range(seg.start, seg.stop) for m in self._units[seg.anchor][u].modules)
-            if seg is route.first:
-                on.update(prefix + n for n in self._families[seg.anchor].stem_names)
-            if seg is route.last:  # the head: everything that is neither stem nor a unit
-                owned = set(self._families[seg.anchor].stem_names)
-                owned |= {m for u in self._units[seg.anchor] for m in u.modules}
-                on.update(prefix + n for n, _ in self.anchors[seg.anchor].named_parameters()
-                          if not any(n == o or n.startswith(o + '.') for o in owned))
-        off = [n for n, _ in self.named_parameters() if not any(n == o or n.startswith(o + '.') for o in on)]
-        return [tuple(n.rsplit('.', 1)) for n in off]
+    def off_path_names(self, stitch_id: int) -> list[tuple[str, str]]:
+        """(module, parameter) names of every parameter off config `stitch_id`'s route."""
+        on = route_names(self._routes[stitch_id], self.anchors, self._families, self._units)
+        return [tuple(n.rsplit('.', 1)) for n, _ in self.named_parameters() if not owned(n, on)]
 
     # --- least-squares init ----------------------------------------------------------------------------------------
     def _activations(self, anchor: int, x: torch.Tensor, keep: Optional[set] = None) -> dict[int, torch.Tensor]:
@@ -557,8 +560,6 @@ class SNNet(SNNetFeatures, nn.Module):
         With measured rows, best is the highest top-1; with FLOPs alone, the largest-FLOPs config within budget.
         Raises ValueError when no config fits. Apply it with `model.set_stitch(model.select_stitch(...))`.
         """
-        from .selection import select_stitch
-
         rows = table if table is not None else self.stitch_table
         if rows is None:
             rows = [dict(id=c.id, path=self.describe(c), gflops=c.gflops, params=c.params)
@@ -593,9 +594,7 @@ class SNNet(SNNetFeatures, nn.Module):
 
     # --- deployment ------------------------------------------------------------------------------------------------
     def export_stitch(self, stitch_id: int) -> nn.Module:
-        """Config `stitch_id` as a plain timm model holding only its path's weights (see `timm_snnet.export`)."""
-        from .export import export_stitch
-
+        """Config `stitch_id` as a plain timm model holding only its path's weights (see `timm_snnet._exported`)."""
         return export_stitch(self, stitch_id)
 
     # --- timm contract ---------------------------------------------------------------------------------------------
@@ -635,14 +634,6 @@ class SNNet(SNNetFeatures, nn.Module):
                     rules = [(rules, None)]
                 groups.setdefault(key, []).extend((_prefixed(i, pattern), suffix) for pattern, suffix in rules)
         return groups
-
-
-def _shared_kwargs(anchor: str, common: dict[str, Any]) -> dict[str, Any]:
-    """Kwargs shared by every anchor; as in timm, only models with a fixed input size take `img_size`."""
-    cfg = get_pretrained_cfg(anchor)
-    if cfg is not None and not cfg.fixed_input_size:
-        return {k: v for k, v in common.items() if k != 'img_size'}
-    return common
 
 
 def _prefixed(anchor: int, pattern: str) -> str:

@@ -13,10 +13,9 @@ from typing import Optional, Union
 
 import torch
 from timm.models._features import feature_take_indices
-from torch import nn
 
-from .configs import Route, Segment
-from .training import forget
+from ._configs import Route, Segment
+from ._routes import prune_anchors, route_names, run_route
 
 _FORMATS = {'tokens': 'NLC', 'nhwc': 'NHWC', 'nchw': 'NCHW'}
 
@@ -29,12 +28,12 @@ class Tap:
     info: dict  # timm feature_info entry: num_chs, reduction, module, stage
 
 
-def _under(name: str, prefixes: set[str]) -> bool:
-    return any(name == p or name.startswith(p + '.') for p in prefixes)
-
-
 class SNNetFeatures:
-    """timm's feature API over the active stitch; mixed into `SNNet` (it uses the engine's routes, units, families)."""
+    """timm's feature API over the active stitch; mixed into `SNNet`.
+
+    It uses only the engine's declared contract: `anchors`, `stitch_layers`, `families`, `units`, `stitch_id`,
+    `route(k)`, `input_size()`, `check_input(route, x)`, `finish(route, x)`, `reset_classifier` and `restrict_to`.
+    """
 
     # --- the pyramid of a route --------------------------------------------------------------------------------------
     def route_taps(self, route: Route) -> list[Tap]:
@@ -42,9 +41,9 @@ class SNNetFeatures:
         first = route.first
         taps = [Tap(0, None, dict(num_chs=i['num_chs'], reduction=i['reduction'], stage=-1,
                                   module=f'anchors.{first.anchor}.{i["module"]}'))
-                for i in self._families[first.anchor].stem_taps(self.anchors[first.anchor])]
+                for i in self.families[first.anchor].stem_taps(self.anchors[first.anchor])]
         for s, seg in enumerate(route.segments):
-            family, units = self._families[seg.anchor], self._units[seg.anchor]
+            family, units = self.families[seg.anchor], self.units[seg.anchor]
             for u in range(seg.start, seg.stop):
                 unit = units[u]
                 if family.taps == 'stage':
@@ -59,29 +58,29 @@ class SNNetFeatures:
     @property
     def feature_info(self) -> list[dict]:
         """timm feature_info of the active stitch: channels, reduction and module of each feature it computes."""
-        return [dict(t.info) for t in self.route_taps(self._routes[self._stitch_id])]
+        return [dict(t.info) for t in self.route_taps(self.route(self.stitch_id))]
 
     @property
     def output_fmt(self) -> str:
         """Layout of `forward_features` for the active stitch (timm's attribute): NCHW, NHWC or NLC (tokens)."""
-        return _FORMATS[self._families[self._routes[self._stitch_id].last.anchor].layout]
+        return _FORMATS[self.families[self.route(self.stitch_id).last.anchor].layout]
 
     @property
     def pool_size(self) -> Optional[tuple[int, int]]:
         """Spatial size of `forward_features` for the active stitch at the model's input size; None for tokens."""
-        route = self._routes[self._stitch_id]
-        if self._families[route.last.anchor].layout == 'tokens':
+        route = self.route(self.stitch_id)
+        if self.families[route.last.anchor].layout == 'tokens':
             return None
         r = self.route_taps(route)[-1].info['reduction']
-        return tuple(math.ceil(n / r) for n in self._input_size()[-2:])
+        return tuple(math.ceil(n / r) for n in self.input_size()[-2:])
 
     # --- forward_intermediates ---------------------------------------------------------------------------------------
     def _feature(self, route: Route, tap: Tap, x: torch.Tensor, norm: bool, output_fmt: str,
                  img_size: tuple[int, int]) -> torch.Tensor:
         anchor = route.segments[tap.segment].anchor
-        family, model = self._families[anchor], self.anchors[anchor]
+        family, model = self.families[anchor], self.anchors[anchor]
         # the final norm: on every block feature (ViT), else only on the anchor's last unit (timm's Swin)
-        if norm and tap.unit is not None and (family.taps == 'block' or tap.unit == len(self._units[anchor]) - 1):
+        if norm and tap.unit is not None and (family.taps == 'block' or tap.unit == len(self.units[anchor]) - 1):
             x = family.finish(model, x)
         return family.intermediate(model, x, output_fmt, img_size, tap.info['reduction'])
 
@@ -103,40 +102,36 @@ class SNNetFeatures:
             output_fmt: 'NCHW', or 'NLC' for ViT stitches.
             intermediates_only: return the features only.
         """
-        route = self._routes[self._stitch_id]
+        route = self.route(self.stitch_id)
         formats = [f for f in ('NCHW', 'NLC')
-                   if all(f in self._families[s.anchor].intermediate_fmts for s in route.segments)]
+                   if all(f in self.families[s.anchor].intermediate_fmts for s in route.segments)]
         if output_fmt not in formats:
-            raise ValueError(f'output_fmt {output_fmt!r} is not available for stitch {self._stitch_id}: '
+            raise ValueError(f'output_fmt {output_fmt!r} is not available for stitch {self.stitch_id}: '
                              f'valid formats are {formats}')
         taps = self.route_taps(route)
         take, max_index = feature_take_indices(len(taps), indices)
         wanted = {(taps[i].segment, taps[i].unit): taps[i] for i in take}
         stop = (taps[max_index].segment, taps[max_index].unit) if stop_early else None
-        self._check_route_input(route, x)
+        self.check_input(route, x)
         img_size = tuple(x.shape[-2:])
 
         first = route.first
-        x, stem_features = self._families[first.anchor].stem_intermediates(self.anchors[first.anchor], x)
+        x, stem_features = self.families[first.anchor].stem_intermediates(self.anchors[first.anchor], x)
         out = [self._feature(route, taps[i], f, norm, output_fmt, img_size)
                for i, f in enumerate(stem_features) if i in take]
-        done = stop == (0, None)
-        for s, seg in enumerate(route.segments):
-            if done:
-                break
-            if s:
-                x = self.stitch_layers[route.layers[s - 1]](x)
-            for u in range(seg.start, seg.stop):
-                x = self._run(seg.anchor, x, u, u + 1)
-                if (s, u) in wanted:
-                    out.append(self._feature(route, wanted[(s, u)], x, norm, output_fmt, img_size))
-                if (s, u) == stop:
-                    done = True
-                    break
+
+        def visit(s: int, u: int, h: torch.Tensor) -> bool:
+            if (s, u) in wanted:
+                out.append(self._feature(route, wanted[(s, u)], h, norm, output_fmt, img_size))
+            return (s, u) == stop
+
+        if stop != (0, None):
+            x, _ = run_route(route, self.anchors, self.families, self.units, self.stitch_layers, x, stem=False,
+                             visit=visit)
         if intermediates_only:
             return out
         end = (len(route.segments) - 1, route.last.stop - 1)
-        return (self._finish(route, x) if stop is None or stop == end else x), out
+        return (self.finish(route, x) if stop is None or stop == end else x), out
 
     # --- prune_intermediate_layers -----------------------------------------------------------------------------------
     def prune_intermediate_layers(
@@ -152,13 +147,13 @@ class SNNetFeatures:
         are refused. Features past the last index, the final norm (`prune_norm`) and the head (`prune_head`) go as
         in timm.
         """
-        k = self._stitch_id
-        route = self._routes[k]
+        k = self.stitch_id
+        route = self.route(k)
         taps = self.route_taps(route)
         take, max_index = feature_take_indices(len(taps), indices)
         tap, prune_end = taps[max_index], max_index < len(taps) - 1
         if tap.unit is None:  # a stem feature: the stem ends there
-            self._families[route.first.anchor].prune_stem(self.anchors[route.first.anchor])
+            self.families[route.first.anchor].prune_stem(self.anchors[route.first.anchor])
             new = Route((Segment(route.first.anchor, 0, 0),))
         else:
             s = tap.segment
@@ -168,48 +163,8 @@ class SNNetFeatures:
             end.num_features = end.head_hidden_size = tap.info['num_chs']
         if prune_head or prune_end:
             self.reset_classifier(0, '')
-        self._drop_except(self._path_names(new, norm=not prune_norm, end=not prune_end, head=not prune_head))
-        self._routes[k] = new
-        self._pruned_to = k
-        self.set_sampling_weights([float(i == k) for i in range(self.num_configs)])
-        forget(self)  # the off-path ledger names parameters that are gone now
-        self._costs.clear()
+        keep = route_names(new, self.anchors, self.families, self.units, norm=not prune_norm and not prune_end,
+                           head=not prune_head and not prune_end, block_norms=not prune_norm)
+        prune_anchors(self.anchors, self.stitch_layers, keep)
+        self.restrict_to(k, new)
         return take
-
-    def _path_names(self, route: Route, norm: bool, end: bool, head: bool) -> set[str]:
-        """Modules and parameters a route runs: stem, units, stitching layers, final norms and head as asked."""
-        keep = {f'stitch_layers.{layer}' for layer in route.layers}
-        for s, seg in enumerate(route.segments):
-            family, units, prefix = self._families[seg.anchor], self._units[seg.anchor], f'anchors.{seg.anchor}.'
-            keep.update(prefix + m for u in range(seg.start, seg.stop) for m in units[u].modules)
-            if s == 0:
-                keep.update(prefix + n for n in family.stem_names)
-            last = seg is route.last and end
-            if norm and (family.taps == 'block' or last):  # ViT features take their own anchor's norm
-                keep.update(prefix + n for n in family.norm_names)
-            if last and head:
-                owned = set(family.stem_names) | set(family.norm_names) | {m for u in units for m in u.modules}
-                keep.update(prefix + n for n, _ in self.anchors[seg.anchor].named_parameters()
-                            if not _under(n, owned))
-        return keep
-
-    def _drop_except(self, keep: set[str]) -> None:
-        """Remove every parameter outside `keep`, replacing the outermost module that holds nothing kept (inside an
-        anchor or the stitching-layer list) by nn.Identity, or setting a parameter of a kept module to None."""
-        for name in [n for n, _ in self.named_parameters()]:
-            parts = name.split('.')
-            if _under(name, keep) or not _exists(self, name):
-                continue
-            depth = 3 if parts[0] == 'anchors' else 2
-            while depth < len(parts) and any(k.startswith('.'.join(parts[:depth]) + '.') for k in keep):
-                depth += 1
-            owner = self.get_submodule('.'.join(parts[:depth - 1]))
-            setattr(owner, parts[depth - 1], None if depth == len(parts) else nn.Identity())
-
-
-def _exists(module: nn.Module, name: str) -> bool:
-    try:
-        module.get_parameter(name)
-    except AttributeError:
-        return False
-    return True

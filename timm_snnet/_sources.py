@@ -5,7 +5,7 @@ For the default tag of the four registered SN-Nets (`snnet_deit_tsb.in1k`, ...) 
    by step 3 of an earlier load): read with no network and no pickle;
 2. the Hub repo of the tag (`model.safetensors` + `config.json`), exactly as for any registry name;
 3. the authors' release file (`{TIMM_SNNET_RELEASE_URL}/v1.0/snnet_deit.pth`, ...), downloaded once, read with
-   `weights_only=True` by `timm_snnet.convert` (same allowlist and compatibility settings as `timm-snnet convert`),
+   `weights_only=True` by `timm_snnet._convert` (same allowlist and compatibility settings as `timm-snnet convert`),
    given the authors' published per-config accuracy as its stitch table, and written to the cache atomically.
 The SN-Netv2 models (`snnetv2_deit3_{s_b,s_l,b_l}.in22k_ft_in1k`) follow the same chain, with the authors' Hub repo
 (`ziplab/snnetv2_deit3_s_l_imagenet_1k`, file `snnetv2_deit3_s_l.pth`, ...) as step 3: fetched with `hf_hub_download`
@@ -19,93 +19,35 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 import uuid
 import zipfile
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any, Optional
 
-from huggingface_hub import constants, hf_hub_download, hf_hub_url, try_to_load_from_cache
+import timm
+from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 from huggingface_hub.file_download import http_get
 from huggingface_hub.utils import WeakFileLock
 from timm.models import get_pretrained_cfg
 from timm.models._hub import hf_split, load_model_config_from_path
 
-from . import hub
-from .hub import CONFIG_NAME, WEIGHTS_NAME, SNNetLoadError, _Source
+from . import _load as hub
+from ._convert import CONVERTERS, official_rows
+from ._errors import SNNetLoadError
+from ._load import CONFIG_NAME, WEIGHTS_NAME, _Source, write_snnet
+from ._models import SHAPE_ARGS, set_pretrained_source
+from ._releases import OFFICIAL, OFFICIAL_TAG, RELEASE_URL_ENV, Release, release_url
+from ._utils import atomic_folder, file_sha256
 
-__all__ = ['DEFAULT_RELEASE_URL', 'RELEASE_URL_ENV', 'REFERENCE_DIR', 'RELEASES', 'HUB_RELEASES', 'OFFICIAL',
-           'Release', 'release_url',
-           'official_dir', 'official_rows', 'fetch_official', 'pretrained_kwargs']
+__all__ = ['official_dir', 'fetch_official', 'pretrained_kwargs']
 
 _logger = logging.getLogger(__name__)
 
-DEFAULT_RELEASE_URL = 'https://github.com/ziplab/SN-Net/releases/download'
-RELEASE_URL_ENV = 'TIMM_SNNET_RELEASE_URL'  # a mirror with the same relative paths (v1.0/snnet_deit.pth, ...)
-REFERENCE_DIR = Path(__file__).resolve().parent / 'reference'  # the authors' published per-config results
-RESULTS = 'ziplab/SN-Net v1 published results (ImageNet-1k val)'
-RESULTS_V2 = 'ziplab/SN-Netv2 published results (ImageNet-1k val)'
-DEFAULT_HUB_URL = 'https://huggingface.co'  # the authors' v2 repos, in the official tags' cfg
-OFFICIAL_TAG = 'official_'  # prefix of the tags that load the authors' release only
-# create_model kwargs that shape the tensors: a conversion is built with them, and they key its cache folder
-_SHAPE_ARGS = ('anchors', 'anchor_kwargs', 'img_size', 'rule', 'stages', 'kernel_size', 'stride')
 # model_args a converter reads from the authors' file: the conversion's values win over kwargs (entry defaults included)
 _CONVERTER_ARGS = ('layer_assignment', 'stitched_final_norm', 'stitch_rank')
-
-
-@dataclass(frozen=True)
-class Release:
-    """One of the authors' published files: where to download it, its layout (the converter), their results, and
-    the pretrained tag whose weights it holds."""
-    file: str  # path under the release base URL (v1), or the file in `repo_id` (v2)
-    reference: Optional[str]  # their per-config results, in REFERENCE_DIR
-    tag: str  # our default pretrained tag for the same weights
-    repo_id: Optional[str] = None  # the authors' Hub repo; None: a GitHub release file
-    format: str = 'official-v1'  # `timm-snnet convert --from` layout, i.e. the converter
-    results: str = RESULTS  # label of `reference` in the stitch table rows
-
-    @property
-    def where(self) -> str:
-        return f"Hub repo '{self.repo_id}' ({self.file})" if self.repo_id else f'release {self.file}'
-
-    @property
-    def filename(self) -> str:
-        return self.file.rsplit('/', 1)[-1]
-
-    @property
-    def stem(self) -> str:
-        return self.filename.removesuffix('.pth')
-
-
-RELEASES: dict[str, Release] = {
-    'snnet_deit_tsb': Release('v1.0/snnet_deit.pth', 'snnet_deit_tsb.official.jsonl', 'in1k'),
-    'snnet_swin_tsb': Release('v1.0/snnet_swin.pth', 'snnet_swin_tsb.official.jsonl', 'in22k_ft_in1k'),
-    'snnet_resnet': Release('v1.1/resnet_18_50.pth', 'snnet_resnet_18_50.official.jsonl', 'in1k'),
-    'snnet_resnet18_swin_ti': Release('v1.1/resnet18_swin_ti.pth', 'snnet_resnet18_swin_ti.official.jsonl', 'in1k'),
-}
-# SN-Netv2 on the Hub (arXiv 2307.00154): results published for S -> L only
-HUB_RELEASES: dict[str, Release] = {
-    f'snnetv2_deit3_{pair}': Release(
-        f'snnetv2_deit3_{pair}.pth', 'snnetv2_deit3_s_l.official.jsonl' if pair == 's_l' else None, 'in22k_ft_in1k',
-        repo_id=f'ziplab/snnetv2_deit3_{pair}_imagenet_1k', format='official-v2', results=RESULTS_V2)
-    for pair in ('s_b', 's_l', 'b_l')}
-OFFICIAL: dict[str, Release] = {**RELEASES, **HUB_RELEASES}  # every model with a fallback on the authors' weights
-
-
-def release_url(model: str, base: Optional[str] = None) -> str:
-    """URL of `model`'s release file under `base` (default: $TIMM_SNNET_RELEASE_URL, else the authors' releases; for
-    a Hub release, the Hub endpoint: $HF_ENDPOINT, else huggingface.co)."""
-    release = OFFICIAL[model]
-    if release.repo_id:
-        return hf_hub_url(release.repo_id, release.file, endpoint=base)
-    base = base or os.environ.get(RELEASE_URL_ENV) or DEFAULT_RELEASE_URL
-    return f'{base.rstrip("/")}/{release.file}'
 
 
 def _cache_root(cache_dir: Optional[str] = None) -> Path:
@@ -119,15 +61,13 @@ def _json(value: Any) -> str:
 @cache
 def _defaults(model: str) -> dict[str, str]:
     """The entry point's own shape kwargs (as JSON), from a model built on the meta device."""
-    import timm
-
     args = timm.create_model(model, device='meta')._model_args
-    return {k: _json(args[k]) for k in _SHAPE_ARGS if k in args}
+    return {k: _json(args[k]) for k in SHAPE_ARGS if k in args}
 
 
 def _shape_kwargs(model: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     """The kwargs that change the tensors of `model` from the entry point's defaults."""
-    given = {k: kwargs[k] for k in _SHAPE_ARGS if kwargs.get(k) is not None}
+    given = {k: kwargs[k] for k in SHAPE_ARGS if kwargs.get(k) is not None}
     return {k: v for k, v in given.items() if _json(v) != _defaults(model).get(k)} if given else {}
 
 
@@ -141,30 +81,6 @@ def official_dir(model: str, kwargs: Optional[dict[str, Any]] = None) -> Path:
 
 def _complete(folder: Path) -> bool:
     return (folder / CONFIG_NAME).is_file() and (folder / WEIGHTS_NAME).is_file()
-
-
-def official_rows(model: Any, name: str, reference_dir: Path = REFERENCE_DIR) -> Optional[list[dict[str, Any]]]:
-    """Every config (id, path, GFLOPs and params as counted here) with the authors' published top-1 / top-5 and their
-    own counts (`official_gflops`, `official_params`); None when the authors published no results for `name` or the
-    model's configs are not the published ones (v2 S -> L leaves out id 13, which it never evaluated)."""
-    release = OFFICIAL[name]
-    if release.reference is None:
-        return None
-    path = Path(reference_dir) / release.reference
-    published = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    ids = [r['cfg_id'] for r in published]
-    if len(model._configs) != ids[-1] + 1 or ids != sorted(set(ids)) or ids[0] < 0:
-        return None
-    configs = model.stitch_configs()
-    rows = []
-    for r in published:
-        c = configs[r['cfg_id']]
-        row = dict(id=c.id, path=model.describe(c), gflops=c.gflops, params=c.params, top1=r['acc1'],
-                   source=release.results)
-        row.update({k: v for k, v in (('top5', r.get('acc5')), ('official_gflops', r['flops'] / 1e9),
-                                      ('official_params', r.get('params'))) if v is not None})
-        rows.append(row)
-    return rows
 
 
 # --- the authors' release: download, convert, cache ----------------------------------------------------------------
@@ -183,10 +99,6 @@ def _what_is_wrong(path: Path) -> str:
 
 def _convert_into(name: str, checkpoint: Path, folder: Path, url: str, shape: dict[str, Any]) -> dict[str, Any]:
     """Convert `checkpoint`, attach the authors' accuracy, write `folder` all or nothing (a temp folder, renamed)."""
-    from .convert import CONVERTERS
-    from .hub import save_snnet
-    from .utils import file_sha256
-
     release = OFFICIAL[name]
     model, report = CONVERTERS[release.format](checkpoint, name, **shape)
     rows = official_rows(model, name)
@@ -194,16 +106,11 @@ def _convert_into(name: str, checkpoint: Path, folder: Path, url: str, shape: di
         _logger.warning(f'{name}: the configs of this architecture are not the published ones, so the converted '
                         f'model carries no stitch table')
     model.set_stitch_table(rows)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{folder.name}.', suffix='.incomplete', dir=folder.parent))
-    try:
-        source = dict(format=release.format, file=release.file, url=url, sha256=file_sha256(checkpoint))
-        if release.repo_id:
-            source['repo_id'] = release.repo_id
-        save_snnet(model, tmp, readme=False, source=source)
-        shutil.rmtree(folder, ignore_errors=True)  # an incomplete folder left by hand; complete ones are never replaced
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    source = dict(format=release.format, file=release.file, url=url, sha256=file_sha256(checkpoint))
+    if release.repo_id:
+        source['repo_id'] = release.repo_id
+    with atomic_folder(folder, replace=True) as tmp:  # an incomplete folder left by hand; complete ones stay
+        write_snnet(model, tmp, source=source)
     return report
 
 
@@ -344,7 +251,7 @@ def _hub_problem(error: BaseException, files: str = 'config.json or model.safete
 
 def _from_hub(variant: str, kwargs: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
     """Kwargs for the Hub repo (as for any registry name), once its weights file is known to exist."""
-    out = hub.pretrained_kwargs(variant, kwargs)
+    out = hub.hub_kwargs(variant, kwargs)
     weights = hub._weights_source(cfg)
     repo, revision = hf_split(weights.location)
     with hub.load_errors(weights, variant):
@@ -369,7 +276,7 @@ def pretrained_kwargs(variant: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     cfg = hub._pretrained_cfg(variant, kwargs)
     release, release_only = _release_for(variant, cfg)
     if release is None:
-        return hub.pretrained_kwargs(variant, kwargs)
+        return hub.hub_kwargs(variant, kwargs)
     if kwargs.get('pretrained_anchors'):
         _logger.info('pretrained=True: the SN-Net weights hold the anchors, ignoring pretrained_anchors=True')
     kwargs = {k: v for k, v in kwargs.items() if k != 'pretrained_anchors'}
@@ -390,3 +297,6 @@ def pretrained_kwargs(variant: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     folder = fetch_official(variant, kwargs, tried)
     _logger.info(f"{variant}: pretrained weights from the authors' {release.where}, converted in {folder}")
     return _from_folder(variant, kwargs, folder)
+
+
+set_pretrained_source(pretrained_kwargs, hub.pretrained_errors)

@@ -4,8 +4,8 @@ timm has no plugin discovery and pip does not ship its scripts, so this imports 
 `snnet_*` models) and then runs the given script as `__main__`, as `python SCRIPT.py ARGS...` would:
 
     timm-snnet run train.py --model snnet_deit_tsb ...
-    python -m timm_snnet.run validate.py --model snnet_deit_tsb ...
-    torchrun --nproc_per_node=8 -m timm_snnet.run train.py --model snnet_deit_tsb ...
+    python -m timm_snnet.cli.run validate.py --model snnet_deit_tsb ...
+    torchrun --nproc_per_node=8 -m timm_snnet.cli.run train.py --model snnet_deit_tsb ...
 """
 from __future__ import annotations
 
@@ -15,9 +15,11 @@ import runpy
 import sys
 from typing import Optional, Sequence
 
+import timm_snnet  # noqa: F401  (registers the snnet_* models)
+
 __all__ = ['run_script', 'add_commands', 'main']
 
-_USAGE = ('usage: python -m timm_snnet.run SCRIPT.py [ARGS...]\n'
+_USAGE = ('usage: python -m timm_snnet.cli.run SCRIPT.py [ARGS...]\n'
           "SCRIPT.py is one of timm's scripts (train.py, validate.py, benchmark.py) from a checkout of "
           'https://github.com/huggingface/pytorch-image-models; pip does not ship them.')
 
@@ -27,8 +29,6 @@ def run_script(script: str, args: Sequence[str] = ()) -> None:
     path = os.path.abspath(script)
     if not os.path.isfile(path):
         raise SystemExit(f'timm-snnet run: no script at {script!r}.\n{_USAGE}')
-    import timm_snnet  # noqa: F401  (registers the snnet_* models)
-
     saved_argv, saved_path0 = sys.argv, sys.path[0] if sys.path else None
     sys.argv = [script, *args]
     if sys.path:

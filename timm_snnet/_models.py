@@ -1,18 +1,37 @@
-"""timm entry points for SN-Nets. Importing this module registers them in timm's model registry."""
+"""timm glue: the entry points and their cfgs, the checkpoint filter, and the one list of the args that rebuild an
+SN-Net. Importing this module registers the models in timm's model registry.
+
+How `pretrained=True` finds SN-Net weights (the Hub repo, else the authors' release converted once) belongs to the
+weights layer above this one; `timm_snnet._sources` plugs it in with `set_pretrained_source` when the package is
+imported.
+"""
 from __future__ import annotations
 
-from typing import Any
+import inspect
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, Callable, Sequence
 
+import timm
+import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrained_cfg, register_model
+from timm.models._input import update_model_args
 from torch import nn
 
-from .hub import checkpoint_filter_fn, pretrained_errors, record_model_args
-from .snnet import SNNet
-from .sources import DEFAULT_HUB_URL, DEFAULT_RELEASE_URL, OFFICIAL_TAG, pretrained_kwargs, release_url
+from ._exported import EXPORT_NAME, ExportedStitch
+from ._releases import DEFAULT_HUB_URL, DEFAULT_RELEASE_URL, HF_HUB_ORG, OFFICIAL_TAG, release_url
+from ._snnet import SNNet
 
-HF_HUB_ORG = 'timm-snnet'  # the one Hugging Face organisation that holds every SN-Net repo
+__all__ = ['HF_HUB_ORG', 'ARCH_ARGS', 'SNNet', 'checkpoint_filter_fn', 'record_model_args', 'set_pretrained_source']
 
-__all__ = ['HF_HUB_ORG', 'SNNet']
+KwargsFn = Callable[[str, dict[str, Any]], dict[str, Any]]
+ErrorsFn = Callable[[str, dict[str, Any]], AbstractContextManager]
+_PRETRAINED: dict[str, Callable] = {}
+
+
+def set_pretrained_source(kwargs_fn: KwargsFn, errors_fn: ErrorsFn) -> None:
+    """Plug in the weights layer: `kwargs_fn(variant, kwargs)` gives the kwargs that build `variant` for its SN-Net
+    weights; `errors_fn(variant, kwargs)` is a context that turns loading failures into `SNNetLoadError`."""
+    _PRETRAINED.update(kwargs=kwargs_fn, errors=errors_fn)
 
 
 def _feature_cfg(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -28,8 +47,9 @@ def _create_snnet(variant: str, pretrained: bool = False, **kwargs: Any) -> SNNe
     if kwargs.get('features_only'):
         kwargs['feature_cfg'] = _feature_cfg(kwargs)
     if pretrained:  # SN-Net weights (anchors included), built with the model_args saved beside them; the Hub repo,
-        kwargs = pretrained_kwargs(variant, kwargs)  # else the authors' release converted once (timm_snnet.sources)
-    with pretrained_errors(variant, kwargs, pretrained):  # SNNetLoadError naming the repo / file, no model returned
+        kwargs = _PRETRAINED['kwargs'](variant, kwargs)  # else the authors' release converted once (_sources)
+    errors = _PRETRAINED['errors'](variant, kwargs) if pretrained else nullcontext()
+    with errors:  # SNNetLoadError naming the repo / file, no model returned
         model = build_model_with_cfg(SNNet, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
     record_model_args(_inner(model), kwargs)  # complete, JSON-serialisable model_args for save_for_hf / hf-hub:
     return model
@@ -60,6 +80,68 @@ def _cfg(anchors: tuple[str, ...], **kwargs: Any) -> dict[str, Any]:
         'notes': ('anchors: ' + ', '.join(anchors),), **_anchor_layers([c.to_dict() for c in cfgs]),
         **kwargs,
     }
+
+
+# SNNet arguments that rebuild the architecture (and its training behaviour); recorded (defaults included) in every
+# model's timm model_args
+ARCH_ARGS = ('anchors', 'anchor_kwargs', 'rule', 'stages', 'kernel_size', 'stride', 'layer_assignment',
+              'stitched_final_norm', 'stitch_seed', 'sampling', 'flops_gap', 'stitch_rank', 'anchor_share',
+              'off_path')
+# create_model kwargs that shape the tensors: a conversion is built with them, and they key its cache folder
+SHAPE_ARGS = ('img_size', *ARCH_ARGS[:6])
+
+
+# --- model_args --------------------------------------------------------------------------------------------------
+def record_model_args(model: SNNet, kwargs: dict[str, Any]) -> None:
+    """Record every argument that rebuilds `model` (entry-point defaults included) in its timm model_args."""
+    defaults = inspect.signature(SNNet).parameters
+    args = {k: kwargs.get(k, defaults[k].default) for k in ARCH_ARGS}
+    update_model_args(model, **args, names=list(model.anchor_names), stitch_id=model.stitch_id,
+                      stitch_table=model.stitch_table)
+
+
+def export_model_args(model: SNNet) -> dict[str, Any]:
+    """Changes since construction, for config.json (timm's own save_for_hf reads the same through `_model_args`)."""
+    return model.live_model_args()
+
+
+class Mismatch(ValueError):
+    """Tensors that do not fit the model (raised by `checkpoint_filter_fn`, reworded by `load_errors`)."""
+
+
+def _as_tuple(value: Any) -> tuple:
+    return () if value is None else (value,) if isinstance(value, str) else tuple(value)
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: SNNet) -> dict[str, torch.Tensor]:
+    """Check SN-Net weights against the model before timm loads them (its load is not strict when heads are reset)."""
+    own = model.state_dict()
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    adapted = ()  # timm adapts these after this filter: heads for other num_classes, stems for other in_chans
+    if model.num_classes != cfg.get('num_classes', model.num_classes):
+        adapted += tuple(f'{c}.' for c in _as_tuple(cfg.get('classifier')))
+    if model.in_chans != (cfg.get('input_size') or (3,))[0]:
+        adapted += tuple(f'{c}.weight' for c in _as_tuple(cfg.get('first_conv')))
+    missing = [k for k in own if k not in state_dict and not k.startswith(adapted)]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [k for k in own if k in state_dict and k != 'stitch_table_json' and not k.startswith(adapted)
+              and tuple(state_dict[k].shape) != tuple(own[k].shape)]
+    if not (missing or unexpected or shapes):
+        return state_dict
+    parts = []
+    if shapes:
+        k = shapes[0]
+        parts.append(f'{len(shapes)} tensors differ in shape (e.g. {k}: file {tuple(state_dict[k].shape)}, '
+                     f'model {tuple(own[k].shape)})')
+    if missing:
+        parts.append(f'{len(missing)} missing (e.g. {missing[0]})')
+    if unexpected:
+        parts.append(f'{len(unexpected)} unexpected (e.g. {unexpected[0]})')
+    detail = ', '.join(parts)
+    if any('.transform.' in k for k in unexpected):
+        detail += ('; it looks like an official SN-Net v1 checkpoint: convert it first with '
+                   '`timm-snnet convert --from official-v1`')
+    raise Mismatch(detail)
 
 
 def _release(model: str) -> str:
@@ -145,7 +227,7 @@ SNNETV2_PAIRS = {'s_b': ('small', 'base'), 's_l': ('small', 'large'), 'b_l': ('b
 
 
 def _v2_cfg(pair: str, official: bool = False) -> dict[str, Any]:
-    """Our Hub repo, or (official) the authors' Hub file, converted once into the cache (timm_snnet.sources)."""
+    """Our Hub repo, or (official) the authors' Hub file, converted once into the cache (timm_snnet._sources)."""
     where = dict(url=release_url(f'snnetv2_deit3_{pair}', DEFAULT_HUB_URL)) if official else dict(
         hf_hub_id=f'{HF_HUB_ORG}/snnetv2_deit3_{pair}.in22k_ft_in1k')
     return _cfg(tuple(DEIT3[s] for s in SNNETV2_PAIRS[pair]), crop_pct=1.0, paper_ids='arXiv:2307.00154',
@@ -179,3 +261,42 @@ def snnetv2_deit3_s_l(pretrained: bool = False, **kwargs: Any) -> SNNet:
 def snnetv2_deit3_b_l(pretrained: bool = False, **kwargs: Any) -> SNNet:
     """SN-Netv2 over DeiT-III B/L (135 configs, 134 trained: anchors, SL, LS, LSL, SLS; 23 stitching layers)."""
     return _create_snnetv2('b_l', pretrained, kwargs)
+
+
+# --- one stitch as a plain timm model (SNNet.export_stitch) ---------------------------------------------------
+default_cfgs.update(generate_default_cfgs({
+    EXPORT_NAME: {
+        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None, 'crop_pct': 0.875,
+        'interpolation': 'bicubic', 'mean': timm.data.IMAGENET_DEFAULT_MEAN, 'std': timm.data.IMAGENET_DEFAULT_STD,
+        'license': 'apache-2.0', 'hf_hub_filename': 'model.safetensors', 'paper_ids': 'arXiv:2302.06586',
+        'paper_name': 'Stitchable Neural Networks',
+    },
+}))
+
+
+def _layer_names(anchors: Sequence[str], segments: Sequence[Sequence[int]]) -> dict[str, Any]:
+    """first_conv (the first segment's stem) and classifier (the last segment's head), by the anchors' timm cfgs."""
+    out = {}
+    for key, a in (('first_conv', segments[0][0]), ('classifier', segments[-1][0])):
+        cfg = get_pretrained_cfg(anchors[a])
+        name = getattr(cfg, key, None) if cfg is not None else None
+        out[key] = f'anchors.{a}.{name}' if isinstance(name, str) else None
+    return out
+
+
+@register_model
+def exported_stitch(pretrained: bool = False, **kwargs: Any) -> ExportedStitch:
+    """One SN-Net config as a standalone model (`SNNet.export_stitch(k)`; rebuilt from its config.json)."""
+    if kwargs.get('features_only'):
+        raise RuntimeError(f'features_only is not supported for {EXPORT_NAME}')
+    if 'anchors' not in kwargs or 'segments' not in kwargs:
+        raise TypeError(f'{EXPORT_NAME} needs its route (anchors=, anchor_kwargs=, segments=, stitch_layers=): get one '
+                        f'from SNNet.export_stitch(k), or load a folder it wrote with "local-dir:DIR"')
+    overlay = {**_layer_names(kwargs['anchors'], kwargs['segments']), **(kwargs.pop('pretrained_cfg_overlay') or {})}
+    device = kwargs.pop('device', None)
+    if pretrained:  # anchors on meta, pruned, then the checkpoint's tensors become the parameters
+        model = build_model_with_cfg(ExportedStitch, EXPORT_NAME, True, pretrained_cfg_overlay=overlay,
+                                     device='meta', **kwargs)
+        return model.to(device) if device is not None else model
+    return build_model_with_cfg(ExportedStitch, EXPORT_NAME, False, pretrained_cfg_overlay=overlay, device=device,
+                                **kwargs)

@@ -25,13 +25,10 @@ the authors gave a stitch the layer at its position in the stage's list (`layer_
 """
 from __future__ import annotations
 
-import argparse
-import shutil
-import tempfile
+import json
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 import timm
 import torch
@@ -39,15 +36,15 @@ from safetensors.torch import load_file
 from timm.models.swin_transformer import SwinTransformer
 from timm.models.swin_transformer import checkpoint_filter_fn as swin_filter_fn
 
-from .checkpoint import UnsafeCheckpointError, read_pickle
+from ._load import write_snnet
+from ._pickle import UnsafeCheckpointError, read_pickle
+from ._releases import HUB_RELEASES, OFFICIAL, REFERENCE_DIR
+from ._snnet import SNNet
+from ._utils import atomic_folder, check_new_folder, file_sha256
 from .families import family_for
-from .hub import save_snnet
-from .snnet import SNNet
-from .sources import HUB_RELEASES, official_rows
-from .utils import file_sha256
 
-__all__ = ['OFFICIAL_V1', 'OFFICIAL_V2', 'OfficialRelease', 'ConversionError', 'load_official', 'official_layers',
-           'convert_official_v1', 'convert_official_v2', 'official_stitch_table', 'convert', 'add_commands']
+__all__ = ['OFFICIAL_V1', 'CONVERTERS', 'ConversionError', 'official_rows', 'load_official', 'official_layers',
+           'convert_official_v1', 'convert_official_v2', 'official_stitch_table', 'convert']
 
 PathLike = Union[str, Path]
 
@@ -100,7 +97,7 @@ def official_layers(model: SNNet) -> list[str]:
     Lf, Lb the stage depths of the front and back anchors: the authors' layer by list position.
     """
     depths = [_stage_depths(a) for a in model.anchors]
-    stitches = [c for c in model._configs if not c.is_anchor]
+    stitches = [c for c in model.configs if not c.is_anchor]
     stages = sorted({c.stage for c in stitches})
     position: Counter = Counter()
     first: dict[int, int] = {}
@@ -192,15 +189,6 @@ def convert_official_v1(checkpoint: PathLike, model_name: str, **kwargs: Any) ->
 
 
 # --- SN-Netv2 --------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class OfficialRelease:
-    """Where the authors published a model's weights, and the function that converts them."""
-    repo_id: str
-    filename: str
-    convert: Callable[..., tuple[SNNet, dict[str, Any]]]
-    reference: Optional[str] = None  # package data file with the authors' per-config results
-
-
 def _v2_rename(key: str, ds: int) -> Optional[str]:
     """The authors' v2 key under this package's names, or None when it maps to nothing."""
     if key.startswith('anchors.'):
@@ -217,8 +205,8 @@ def convert_official_v2(checkpoint: PathLike, model_name: str, **kwargs: Any) ->
 
     LoRA factors stay unmerged; any unmapped, missing or mis-shaped key fails. For S -> L the authors' per-config
     ImageNet results become the stitch table."""
-    if model_name not in OFFICIAL_V2:
-        raise ConversionError(f'no official v2 layout for {model_name!r}; known: {", ".join(OFFICIAL_V2)}')
+    if model_name not in HUB_RELEASES:
+        raise ConversionError(f'no official v2 layout for {model_name!r}; known: {", ".join(HUB_RELEASES)}')
     _refuse_fixed(kwargs, {'stitch_rank', 'rule', 'pretrained', 'pretrained_anchors'})
     official = load_official(checkpoint)
     ranks = {v.shape[0] for k, v in official.items() if k.endswith('.transform.lora_A')}
@@ -226,7 +214,7 @@ def convert_official_v2(checkpoint: PathLike, model_name: str, **kwargs: Any) ->
         raise ConversionError(f'{checkpoint}: stitching layers of different LoRA ranks {sorted(ranks)}')
     compat = dict(stitch_rank=ranks.pop() if ranks else 0)
     model = timm.create_model(model_name, **kwargs, **compat)
-    ds = model._depths[0][0]
+    ds = len(model.units[0])
     own = model.state_dict()
     mapped = {_v2_rename(k, ds): v for k, v in official.items()}
     try:
@@ -245,66 +233,44 @@ def convert_official_v2(checkpoint: PathLike, model_name: str, **kwargs: Any) ->
 def official_stitch_table(model_name: str, model: SNNet) -> Optional[list[dict[str, Any]]]:
     """The authors' per-config results shipped with this package as `model`'s stitch table (`sources.official_rows`:
     id, path, our and their GFLOPs, top1, top5); None without published results or for other configs."""
-    return official_rows(model, model_name) if model_name in OFFICIAL_V2 else None
+    return official_rows(model, model_name) if model_name in HUB_RELEASES else None
 
 
-# model -> the authors' Hub release (where: `sources.HUB_RELEASES`; pickled .pth, read with weights_only=True)
-OFFICIAL_V2: dict[str, OfficialRelease] = {
-    name: OfficialRelease(r.repo_id, r.file, convert_official_v2, r.reference) for name, r in HUB_RELEASES.items()}
 CONVERTERS = {'official-v1': convert_official_v1, 'official-v2': convert_official_v2}
 
 
 def convert(checkpoint: PathLike, model_name: str, output: PathLike, source_format: str = 'official-v1',
             **kwargs: Any) -> tuple[Path, dict[str, Any]]:
     """Convert and write `output` (config.json + model.safetensors), all or nothing: for `push` and `local-dir:`."""
-    output = Path(output)
     if source_format not in CONVERTERS:
         raise ConversionError(f'unknown checkpoint layout {source_format!r}; known: {", ".join(CONVERTERS)}')
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise ConversionError(f'{output} exists and is not an empty folder: pick a new --output')
+    output = check_new_folder(output)
     model, report = CONVERTERS[source_format](checkpoint, model_name, **kwargs)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{output.name}.', dir=output.parent))
-    try:
-        source = dict(format=source_format, file=Path(checkpoint).name, sha256=file_sha256(Path(checkpoint)))
-        save_snnet(model, tmp, readme=False, source=source)
-        if output.exists():
-            output.rmdir()
-        tmp.rename(output)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    source = dict(format=source_format, file=Path(checkpoint).name, sha256=file_sha256(Path(checkpoint)))
+    with atomic_folder(output) as tmp:
+        write_snnet(model, tmp, source=source)
     return output, report
 
 
-def _cmd_convert(args: argparse.Namespace) -> int:
-    try:
-        out, report = convert(args.checkpoint, args.model, args.output, args.source_format, **args.model_kwargs)
-    except ConversionError as e:
-        raise SystemExit(f'timm-snnet convert: {e}') from e
-    dropped = ', '.join(f'{n} {what}' for what, n in report['dropped'].items()) or 'nothing'
-    compat = ', '.join(f'{k}={v}' for k, v in report['compat'].items()) or 'none'
-    print(f'converted {args.checkpoint}: {report["tensors"]} tensors mapped ({report["stitching_layers"]} stitching '
-          f'layers), dropped {dropped}, 0 unmapped, 0 missing\ncompatibility settings: {compat}\nwrote {out}: load '
-          f"it with timm.create_model('local-dir:{out}', pretrained=True) or publish it with "
-          f'`timm-snnet push --model {args.model} --checkpoint {out} --repo-id ORG/NAME`')
-    return 0
-
-
-def add_commands(subparsers) -> None:
-    from timm.utils import ParseKwargs
-
-    p = subparsers.add_parser(
-        'convert', help="convert the authors' SN-Net v1 / v2 checkpoints into a folder for `push` and local-dir:",
-        description="Map an official SN-Net v1 release (snnet_deit.pth -> snnet_deit_tsb, snnet_swin.pth -> "
-                    "snnet_swin_tsb, resnet_18_50.pth -> snnet_resnet, resnet18_swin_ti.pth -> "
-                    "snnet_resnet18_swin_ti) or v2 release (snnetv2_deit3_{s_b,s_l,b_l}.pth -> snnetv2_deit3_"
-                    "{s_b,s_l,b_l}) into this package's layout, with the compatibility settings that "
-                    "reproduce the authors' networks. Fails if any key is left unmapped or missing.")
-    p.add_argument('checkpoint', help='official .pth (read with weights_only=True) or its state dict as .safetensors')
-    p.add_argument('--from', dest='source_format', required=True, choices=sorted(CONVERTERS),
-                   help='checkpoint layout')
-    p.add_argument('--model', required=True, choices=sorted({*OFFICIAL_V1, *OFFICIAL_V2}))
-    p.add_argument('--output', required=True, help='new folder: config.json + model.safetensors')
-    p.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='KEY=VALUE',
-                   help='create_model kwargs (e.g. smaller anchors for tests); compatibility settings are automatic')
-    p.set_defaults(func=_cmd_convert)
+def official_rows(model: Any, name: str, reference_dir: Path = REFERENCE_DIR) -> Optional[list[dict[str, Any]]]:
+    """Every config (id, path, GFLOPs and params as counted here) with the authors' published top-1 / top-5 and their
+    own counts (`official_gflops`, `official_params`); None when the authors published no results for `name` or the
+    model's configs are not the published ones (v2 S -> L leaves out id 13, which it never evaluated)."""
+    release = OFFICIAL[name]
+    if release.reference is None:
+        return None
+    path = Path(reference_dir) / release.reference
+    published = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    ids = [r['cfg_id'] for r in published]
+    if len(model.configs) != ids[-1] + 1 or ids != sorted(set(ids)) or ids[0] < 0:
+        return None
+    configs = model.stitch_configs()
+    rows = []
+    for r in published:
+        c = configs[r['cfg_id']]
+        row = dict(id=c.id, path=model.describe(c), gflops=c.gflops, params=c.params, top1=r['acc1'],
+                   source=release.results)
+        row.update({k: v for k, v in (('top5', r.get('acc5')), ('official_gflops', r['flops'] / 1e9),
+                                      ('official_params', r.get('params'))) if v is not None})
+        rows.append(row)
+    return rows

@@ -1,0 +1,325 @@
+"""Loading SN-Net weights: timm's own path for `pretrained=True`, `hf-hub:` and `local-dir:`, and checkpoints.
+
+`timm.create_model(name, pretrained=True)`, `'hf-hub:ORG/REPO'` and `'local-dir:DIR'` all load `model.safetensors`
+with timm's `load_pretrained`; `checkpoint_filter_fn` (timm glue) checks every tensor against the model first. A
+registry name reads the repo's `config.json` too, so its `model_args` (compatibility settings, active stitch, stitch
+table) apply as they do for `hf-hub:` names. Loading failures raise `SNNetLoadError` naming the repo or folder, the
+file and what to do, before any model is returned; `load_snnet` also covers the `config.json` step of `hf-hub:` /
+`local-dir:` names, which timm runs before any SN-Net code. `write_snnet` writes the folder all these read.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Optional, Union
+
+import timm
+import torch
+from huggingface_hub import constants, try_to_load_from_cache
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from safetensors import SafetensorError
+from timm.models import (
+    is_model,
+    load_checkpoint,
+    load_model_config_from_hf,
+    model_entrypoint,
+    parse_model_name,
+    resolve_pretrained_cfg,
+    save_for_hf,
+)
+from timm.models._builder import _resolve_pretrained_source
+from timm.models._hub import hf_split, load_model_config_from_path
+
+from ._anchors import AnchorCheckpointError
+from ._errors import SNNetLoadError
+from ._models import HF_HUB_ORG, Mismatch, export_model_args
+from ._snnet import SNNet
+
+__all__ = ['WEIGHTS_NAME', 'CONFIG_NAME', 'load_snnet', 'load_errors', 'hub_kwargs', 'pretrained_errors',
+           'write_snnet', 'model_from_checkpoint', 'load_model', 'create_snnet']
+
+_logger = logging.getLogger(__name__)
+
+WEIGHTS_NAME = 'model.safetensors'
+CONFIG_NAME = 'config.json'
+PathLike = Union[str, Path]
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where a file comes from: a Hub repo (`ORG/NAME[@revision]`), a local folder, or a file."""
+    kind: str
+    location: str
+    filename: str
+
+    def __str__(self) -> str:
+        where = {'hf-hub': 'Hub repo', 'local-dir': 'folder'}.get(self.kind, 'file')
+        return f"{where} '{self.location}', file '{self.filename}'"
+
+    @property
+    def model_name(self) -> str:
+        return f'{self.kind}:{self.location}' if self.kind in ('hf-hub', 'local-dir') else self.location
+
+
+# --- pulling -----------------------------------------------------------------------------------------------------
+def _weights_source(cfg: dict[str, Any]) -> _Source:
+    """The weights timm's `load_pretrained` will read for this pretrained cfg."""
+    kind, loc = _resolve_pretrained_source(cfg)
+    if isinstance(loc, (tuple, list)):
+        return _Source(kind, loc[0], loc[1])
+    if kind in ('hf-hub', 'local-dir'):
+        return _Source(kind, str(loc), WEIGHTS_NAME)
+    if kind in ('file', 'url'):
+        return _Source(kind, str(loc), Path(str(loc)).name)
+    return _Source(kind or 'none', cfg.get('architecture') or '', '')
+
+
+def _pretrained_cfg(variant: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    return resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay')).to_dict()
+
+
+def _is_snnet(name: str) -> bool:
+    return is_model(name) and model_entrypoint(name).__module__ == 'timm_snnet._models'
+
+
+def _snnet_names() -> str:
+    return ', '.join(n for n in timm.list_models('snnet*') if _is_snnet(n))
+
+
+def _check_architecture(arch: str, src: _Source, expected: Optional[str] = None) -> None:
+    if not _is_snnet(arch):
+        raise SNNetLoadError(
+            f"Cannot load {src.model_name!r} as an SN-Net: {src} is for architecture {arch!r}, which is not an "
+            f"SN-Net (registered SN-Nets: {_snnet_names()}). Load it with timm.create_model({src.model_name!r}) "
+            f"instead, or pick an SN-Net repo (its config.json names one of the models above).",
+            src.location, src.filename)
+    if expected is not None and arch != expected:
+        raise SNNetLoadError(
+            f"Cannot load pretrained {expected}: {src} is for architecture {arch!r}, not {expected!r}. "
+            f"Create it with timm.create_model({src.model_name!r}, pretrained=True), or point "
+            f"pretrained_cfg_overlay=dict(hf_hub_id=...) at a {expected} repo.", src.location, src.filename)
+
+
+def hub_kwargs(variant: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Kwargs that build `variant` for its SN-Net weights: no anchor downloads, and for a registry name whose
+    weights are on the Hub, the model_args saved in the repo's config.json as defaults (as timm does for `hf-hub:`).
+    """
+    kwargs = dict(kwargs)
+    if kwargs.pop('pretrained_anchors', False):
+        _logger.info('pretrained=True: the SN-Net weights hold the anchors, ignoring pretrained_anchors=True')
+    if kwargs.pop('anchor_checkpoints', None) is not None:
+        _logger.info('pretrained=True: the SN-Net weights hold the anchors, ignoring anchor_checkpoints')
+    cfg = _pretrained_cfg(variant, kwargs)
+    if cfg.get('source') in ('hf-hub', 'local-dir'):
+        return kwargs  # timm built these kwargs from that config.json already
+    weights = _weights_source(cfg)
+    if weights.kind != 'hf-hub':
+        return kwargs  # a file, url or state dict: nothing saved beside it
+    src = _Source('hf-hub', weights.location, CONFIG_NAME)
+    with load_errors(src, variant):
+        _, arch, saved = load_model_config_from_hf(weights.location, cache_dir=kwargs.get('cache_dir'))
+    _check_architecture(arch, src, expected=variant)
+    saved = {k: v for k, v in (saved or {}).items() if k not in ('pretrained_anchors', 'anchor_checkpoints')}
+    return {**saved, **kwargs}
+
+
+def pretrained_errors(variant: str, kwargs: dict[str, Any]):
+    """`load_errors` for the weights `build_model_with_cfg` will load."""
+    return load_errors(_weights_source(_pretrained_cfg(variant, kwargs)), variant)
+
+
+def _cache_dir() -> str:
+    return str(constants.HF_HUB_CACHE)
+
+
+def _cached_path(src: _Source) -> Optional[str]:
+    repo, revision = hf_split(src.location)
+    path = try_to_load_from_cache(repo, src.filename, revision=revision)
+    return path if isinstance(path, str) else None
+
+
+def _fail(src: _Source, problem: str, todo: str) -> SNNetLoadError:
+    return SNNetLoadError(f'Cannot load the SN-Net from {src}: {problem}. {todo}', src.location, src.filename)
+
+
+@contextmanager
+def load_errors(src: _Source, variant: str = 'MODEL') -> Iterator[None]:
+    """Re-raise Hub, file-format and mismatch errors as `SNNetLoadError` naming `src` and what to do."""
+    hub = src.kind == 'hf-hub'
+    repo = hf_split(src.location)[0] if hub else src.location
+    push = f'`timm-snnet push --model {variant} --checkpoint CKPT --repo-id {repo}`'
+    write = ('write it with `timm-snnet convert ... --output DIR` or `timm_snnet._load.save_snnet(model, DIR)` '
+             '(config.json + model.safetensors)')
+    try:
+        yield
+    except SNNetLoadError:
+        raise
+    except Mismatch as e:
+        todo = (f"The weights were saved for other anchors or settings (anchors, anchor_kwargs, img_size, window, "
+                f"layer_assignment). Build the model from its own config.json with "
+                f"timm.create_model({src.model_name!r}, pretrained=True) and no kwargs that change the architecture"
+                if src.kind in ('hf-hub', 'local-dir') else
+                'Create the model with the kwargs the checkpoint was saved with')
+        raise _fail(src, f'its tensors do not fit the model built here: {e}', todo + '.') from e
+    except LocalEntryNotFoundError as e:  # (an EntryNotFoundError too) offline, or the Hub unreachable
+        if constants.HF_HUB_OFFLINE:
+            problem = (f'the file is not in the local cache ({_cache_dir()}) and HF_HUB_OFFLINE=1 forbids '
+                       f'downloading it')
+            todo = ('Load it once with network access (unset HF_HUB_OFFLINE) to fill the cache, point HF_HUB_CACHE '
+                    'at a cache that holds the repo, or load a local copy with "local-dir:DIR".')
+        else:
+            problem = f'the Hub ({constants.ENDPOINT}) could not be reached and the local cache ({_cache_dir()}) ' \
+                      f'has no copy of the file'
+            todo = 'Check your connection, proxy and HF_ENDPOINT, or set HF_HUB_OFFLINE=1 with a filled cache.'
+        raise _fail(src, problem, todo) from e
+    except RepositoryNotFoundError as e:
+        raise _fail(src, 'the repo does not exist, or it is private and you are not logged in',
+                    f"Check the repo id (published SN-Nets live under '{HF_HUB_ORG}/', e.g. "
+                    f"'hf-hub:{HF_HUB_ORG}/snnet_deit_tsb.in1k'); for a private repo log in (`hf auth login` or "
+                    f"HF_TOKEN); to publish it run {push}.") from e
+    except RevisionNotFoundError as e:
+        raise _fail(src, f'revision {hf_split(src.location)[1]!r} does not exist',
+                    "Use an existing branch, tag or commit (the default is 'main').") from e
+    except EntryNotFoundError as e:
+        what = ('config.json holds the model_args that build the SN-Net' if src.filename == CONFIG_NAME else
+                'SN-Net weights are published as model.safetensors (nothing pickled is read from the Hub)')
+        raise _fail(src, 'the repo has no such file', f'{what}; publish the repo with {push}.') from e
+    except SafetensorError as e:
+        if hub:
+            cached = _cached_path(src)
+            todo = (f'Delete the cached copy ({cached or _cache_dir()}) so that it is downloaded again; if it fails '
+                    f'again, the file on the Hub is damaged: publish it again with {push}.')
+        else:
+            todo = f'Write it again: {write}.'
+        raise _fail(src, f'it is not a valid safetensors file ({e})', todo) from e
+    except json.JSONDecodeError as e:
+        raise _fail(src, f'it is not valid JSON ({e})', f'Publish it again with {push}.' if hub else
+                    f'Write it again: {write}.') from e
+    except (FileNotFoundError, RuntimeError) as e:  # timm's local-dir errors
+        text = str(e)
+        if src.kind == 'local-dir' and ('not found' in text or 'No suitable checkpoints' in text
+                                        or 'not a directory' in text):
+            problem = 'the folder does not hold it' if Path(src.location).is_dir() else 'there is no such folder'
+            raise _fail(src, problem, f'Point local-dir: at a folder holding config.json and model.safetensors; '
+                                      f'{write}.') from e
+        raise
+
+
+def load_snnet(model_name: str, pretrained: bool = True, **kwargs: Any) -> SNNet:
+    """`timm.create_model` for SN-Nets (a registry name, `hf-hub:ORG/REPO[@rev]` or `local-dir:DIR`).
+
+    Every loading failure raises `SNNetLoadError` naming the repo or folder, the file and what to do, before any
+    model is returned; plain `timm.create_model` raises it too, except for the `config.json` step of `hf-hub:` and
+    `local-dir:` names (timm runs that before any SN-Net code) and for non-SN-Net architectures.
+    """
+    source, model_id = parse_model_name(model_name)
+    if source in ('hf-hub', 'local-dir'):
+        src = _Source(source, model_id, CONFIG_NAME)
+        with load_errors(src):
+            if source == 'hf-hub':
+                _, arch, _ = load_model_config_from_hf(model_id, cache_dir=kwargs.get('cache_dir'))
+            else:
+                _, arch, _ = load_model_config_from_path(model_id)
+        _check_architecture(arch, src)
+    elif not _is_snnet(model_id.split('.')[0]):
+        raise ValueError(f'{model_name!r} is not an SN-Net; registered SN-Nets: {_snnet_names()}')
+    return timm.create_model(model_name, pretrained=pretrained, **kwargs)
+
+
+# --- pushing -----------------------------------------------------------------------------------------------------
+def _check_model(model: Any) -> SNNet:
+    if not isinstance(model, SNNet) or not getattr(model, 'pretrained_cfg', None):
+        raise TypeError(f'expected an SN-Net built with timm.create_model, got {type(model).__name__}')
+    return model
+
+
+def _architecture(model: SNNet) -> str:
+    return model.pretrained_cfg['architecture']
+
+
+def write_snnet(model: SNNet, folder: PathLike, source: Optional[dict] = None) -> Path:
+    """model.safetensors and config.json in `folder` (timm's save_for_hf, safetensors only, complete model_args), as
+    `local-dir:` and `hf-hub:` read them. `source` records the checkpoint a conversion started from."""
+    model = _check_model(model)
+    model_config: dict[str, Any] = {'pretrained_cfg': {'hf_hub_filename': WEIGHTS_NAME}}
+    if source:
+        model_config['source_checkpoint'] = source
+    save_for_hf(model, folder, model_config=model_config, model_args=export_model_args(model),
+                safe_serialization=True)
+    return Path(folder)
+
+
+def model_from_checkpoint(
+        model_name: str,
+        checkpoint: PathLike,
+        model_kwargs: Optional[dict] = None,
+        num_classes: Optional[int] = None,
+        use_ema: bool = False,
+) -> SNNet:
+    """A folder from `timm-snnet convert` / `save_snnet` (local-dir:), else a train.py or .safetensors checkpoint."""
+    path = Path(checkpoint)
+    if path.is_dir():
+        kwargs = {**(model_kwargs or {}), **({'num_classes': num_classes} if num_classes else {})}
+        model = load_snnet(f'local-dir:{path}', **kwargs)
+        if _architecture(model) != model_name:
+            raise ValueError(f'{path} holds a {_architecture(model)}, not a {model_name}: pass --model '
+                             f'{_architecture(model)}')
+        return model
+    return load_model(model_name, path, model_kwargs, num_classes, use_ema)
+
+
+# --- model and data ------------------------------------------------------------------------------------------------
+def create_snnet(model_name: str, model_kwargs: Optional[dict] = None, num_classes: Optional[int] = None,
+                 **extra: Any) -> torch.nn.Module:
+    """`timm.create_model` for an SN-Net by name, with errors that say what was wrong and what is valid."""
+    if not timm.is_model(model_name):
+        snnets = ', '.join(timm.list_models('snnet_*'))
+        raise ValueError(f'unknown model {model_name!r}; registered SN-Nets: {snnets}')
+    kwargs = {**(model_kwargs or {}), **extra}
+    if num_classes is not None:
+        kwargs['num_classes'] = num_classes
+    try:
+        model = timm.create_model(model_name, **kwargs)
+    except TypeError as e:
+        raise ValueError(f'cannot create {model_name} with kwargs {kwargs}: {e}') from e
+    except AnchorCheckpointError as e:
+        raise ValueError(f'cannot create {model_name}: {e}') from e
+    if not hasattr(model, 'stitch_configs'):
+        raise ValueError(f'{model_name} is not an SN-Net (no stitch configs); use one of timm.list_models("snnet_*")')
+    return model
+
+
+def load_model(
+        model_name: str,
+        checkpoint: PathLike,
+        model_kwargs: Optional[dict] = None,
+        num_classes: Optional[int] = None,
+        use_ema: bool = False,
+) -> torch.nn.Module:
+    """Create `model_name` and load `checkpoint` (train.py `.pth.tar`, `.pth` or `.safetensors`) as validate.py does."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f'checkpoint not found: {checkpoint} (pass a train.py checkpoint, e.g. '
+                         f'output/train/<run>/model_best.pth.tar, or a .safetensors file)')
+    model = create_snnet(model_name, model_kwargs, num_classes)
+    try:
+        load_checkpoint(model, str(path), use_ema=use_ema)
+    except RuntimeError as e:
+        if 'loading state_dict' not in str(e):  # e.g. a pickle that weights_only=True refuses
+            raise ValueError(f'cannot read checkpoint {checkpoint}: {e}') from e
+        detail = str(e).strip().splitlines()
+        raise ValueError(
+            f'checkpoint {checkpoint} does not fit {model_name} with kwargs {model_kwargs or {}}: '
+            f'{" ".join(detail[:3])[:600]}\nPass the --model-kwargs (and --num-classes) the checkpoint was '
+            f'trained with.') from e
+    except Exception as e:  # unreadable file: not a checkpoint, truncated, wrong format for its extension
+        raise ValueError(f'cannot read checkpoint {checkpoint}: {type(e).__name__}: {e}') from e
+    return model

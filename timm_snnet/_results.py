@@ -1,0 +1,68 @@
+"""The sweep results format: OUT/sweep.json and OUT/sweep.csv, one row per stitch (see `timm_snnet._evaluate`), and
+the authors' reference files (one JSON object per line, with cfg_id, flops and acc1)."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any, Union
+
+from ._utils import write_atomic
+
+PathLike = Union[str, os.PathLike]
+
+
+ROW_KEYS = ('id', 'path', 'gflops', 'params', 'top1', 'top5', 'latency_ms_b1', 'latency_ms_bN')
+
+
+def jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def load_sweep(path: PathLike) -> dict[str, Any]:
+    """A sweep.json (or the directory holding it)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / 'sweep.json'
+    if not path.is_file():
+        raise FileNotFoundError(f'no sweep results at {path}: run `timm-snnet sweep ... --output DIR` first')
+    try:
+        result = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f'{path} is not valid JSON: {e}') from e
+    if not isinstance(result, dict) or not isinstance(result.get('rows'), list):
+        raise ValueError(f'{path} is not a sweep.json (no "rows" list)')
+    return result
+
+
+def write_results(output_dir: PathLike, result: dict[str, Any]) -> None:
+    """Write OUT/sweep.json and OUT/sweep.csv (rows by id), each replaced atomically."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {**result, 'rows': sorted(result['rows'], key=lambda r: r['id'])}
+    write_atomic(out / 'sweep.json', json.dumps(result, indent=2) + '\n')
+    tmp = out / 'sweep.csv.tmp'
+    with open(tmp, 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=ROW_KEYS, extrasaction='ignore')
+        writer.writeheader()
+        writer.writerows(result['rows'])
+    os.replace(tmp, out / 'sweep.csv')
+
+
+def read_reference(path: PathLike) -> list[dict]:
+    """Official points from a JSONL file (`cfg_id`, `flops` in FLOPs, `acc1`) as rows with `id`, `gflops`, `top1`."""
+    rows = []
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as e:
+        raise ValueError(f'cannot read reference file {path}: {e}') from e
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            rows.append(dict(id=int(rec['cfg_id']), gflops=float(rec['flops']) / 1e9, top1=float(rec['acc1'])))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise ValueError(f'{path}:{n}: expected a JSON object with cfg_id, flops and acc1 ({e})') from e
+    return rows

@@ -1,0 +1,143 @@
+"""`timm-snnet init | sweep | plot | select`: calibrate the stitching layers, measure every stitch, plot, pick one."""
+from __future__ import annotations
+
+import argparse
+import shlex
+from pathlib import Path
+from typing import Optional, Sequence
+
+from safetensors.torch import save_file
+from timm.utils import ParseKwargs
+
+from .._evaluate import init_checkpoint, sweep
+from .._load import create_snnet, load_model
+from .._plot import X_AXES, plot_sweep
+from .._results import ROW_KEYS, load_sweep
+from .._selection import LATENCY_KEYS, select_stitch
+
+
+def _model_kwargs_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='KEY=VALUE',
+                   help="create_model kwargs, as train.py's --model-kwargs (e.g. img_size=384 stitch_seed=1)")
+
+
+def _anchor_list(tokens: Optional[Sequence[str]]) -> Optional[list[Optional[str]]]:
+    """--anchor-checkpoints tokens; `none` leaves that anchor as built."""
+    return None if tokens is None else [None if t.lower() == 'none' else t for t in tokens]
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    out = init_checkpoint(
+        args.model, args.data_dir, args.output, model_kwargs=args.model_kwargs, num_classes=args.num_classes,
+        pretrained_anchors=args.pretrained_anchors, anchor_checkpoints=_anchor_list(args.anchor_checkpoints),
+        num_images=args.num_images, batch_size=args.batch_size, split=args.split, seed=args.seed,
+        device=args.device, workers=args.workers)
+    kw = ' '.join(shlex.quote(f'{k}={v!r}') for k, v in args.model_kwargs.items()
+                  if k != 'anchor_checkpoints')  # the init file holds the anchors
+    classes = f' --num-classes {args.num_classes}' if args.num_classes else ''
+    print(f'wrote {out}\ntrain with: timm-snnet run train.py {shlex.quote(str(args.data_dir))} --model {args.model} '
+          f'--initial-checkpoint {shlex.quote(str(out))}{classes} ...{f" --model-kwargs {kw}" if kw else ""}')
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    result = sweep(
+        args.model, args.checkpoint, args.data_dir, args.output, stitches=args.stitches, batch_size=args.batch_size,
+        device=args.device, model_kwargs=args.model_kwargs, num_classes=args.num_classes, split=args.split,
+        use_ema=args.use_ema, workers=args.workers, latency_warmup=args.latency_warmup,
+        latency_iters=args.latency_iters)
+    out = Path(args.output)
+    print(f'wrote {out / "sweep.json"} and {out / "sweep.csv"} ({len(result["rows"])} stitches)')
+    if args.save_model:
+        model = load_model(args.model, args.checkpoint, args.model_kwargs, args.num_classes, args.use_ema)
+        model.set_stitch_table(result['rows'])
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, args.save_model)
+        print(f'wrote {args.save_model} (weights with the sweep table, for select_stitch after loading)')
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    print(f'wrote {plot_sweep(args.sweep, args.output, x=args.x, reference=args.reference)}')
+    return 0
+
+
+def _cmd_select(args: argparse.Namespace) -> int:
+    budget = dict(max_gflops=args.max_gflops, max_latency_ms=args.max_latency_ms, min_top1=args.min_top1,
+                  latency=args.latency)
+    try:
+        if args.sweep:
+            rows = load_sweep(args.sweep)['rows']
+            best = select_stitch(rows, **budget)
+        elif args.model:
+            model = (load_model(args.model, args.checkpoint, args.model_kwargs, args.num_classes) if args.checkpoint
+                     else create_snnet(args.model, args.model_kwargs, args.num_classes))
+            rows = model.stitch_table or [dict(id=c.id, path=model.describe(c), gflops=c.gflops, params=c.params)
+                                          for c in model.stitch_configs()]
+            best = model.select_stitch(**budget, table=rows)
+        else:
+            raise SystemExit('select needs a sweep.json (positional) or --model [--checkpoint]')
+    except ValueError as e:
+        raise SystemExit(f'select: {e}') from e
+    row = next(r for r in rows if r['id'] == best)
+    extra = '\t'.join(f'{k}={row[k]:g}' for k in ROW_KEYS[2:] if isinstance(row.get(k), (int, float)))
+    print(f'{best}\t{row.get("path", "")}\t{extra}')
+    return 0
+
+
+def add_commands(subparsers) -> None:
+    p = subparsers.add_parser('init', help='least-squares init of the stitching layers -> .safetensors for train.py')
+    p.add_argument('--model', required=True, help='registered snnet model, e.g. snnet_deit_tsb')
+    p.add_argument('--data-dir', required=True, help='ImageFolder root (uses DIR/train if present)')
+    p.add_argument('--output', required=True, help='output .safetensors (train.py --initial-checkpoint)')
+    p.add_argument('--pretrained-anchors', action='store_true', help="load each anchor's timm pretrained weights")
+    p.add_argument('--anchor-checkpoints', nargs='+', default=None, metavar='CKPT',
+                   help='one per anchor, smallest first: train.py checkpoint (ema:PATH for its EMA weights), '
+                        '.safetensors, hf-hub:ORG/NAME or local-dir:DIR; none leaves an anchor as built. Loaded '
+                        'strictly; pass --num-classes when the anchors were trained on other than 1000 classes')
+    p.add_argument('--num-images', type=int, default=100, help='calibration images (default 100, as the paper)')
+    p.add_argument('--num-classes', type=int, default=None, help='as train.py --num-classes')
+    p.add_argument('--batch-size', type=int, default=25)
+    p.add_argument('--split', default='train')
+    p.add_argument('--seed', type=int, default=0, help='seed of the calibration image sample')
+    p.add_argument('--device', default=None, help='default: cuda if available, else cpu')
+    p.add_argument('--workers', type=int, default=2)
+    _model_kwargs_arg(p)
+    p.set_defaults(func=_cmd_init)
+
+    p = subparsers.add_parser('sweep', help='measure top-1/top-5/GFLOPs/params/latency of every stitch')
+    p.add_argument('--model', required=True)
+    p.add_argument('--checkpoint', required=True, help='train.py checkpoint (.pth.tar) or .safetensors')
+    p.add_argument('--data-dir', required=True, help='ImageFolder root (uses DIR/val if present)')
+    p.add_argument('--output', required=True, help='output dir for sweep.json and sweep.csv')
+    p.add_argument('--stitches', default='all', help="config ids: 'all' (default), '0-70', '3' or '0-2,5'")
+    p.add_argument('--batch-size', type=int, default=64, help='eval batch, and the N of latency_ms_bN')
+    p.add_argument('--device', default=None, help='default: cuda if available, else cpu')
+    p.add_argument('--num-classes', type=int, default=None)
+    p.add_argument('--split', default='validation')
+    p.add_argument('--use-ema', action='store_true', help="evaluate the checkpoint's EMA weights (validate.py)")
+    p.add_argument('--workers', type=int, default=2)
+    p.add_argument('--latency-warmup', type=int, default=5)
+    p.add_argument('--latency-iters', type=int, default=20)
+    p.add_argument('--save-model', default=None, metavar='PATH.safetensors',
+                   help='also write the weights with the sweep table attached (model.stitch_table)')
+    _model_kwargs_arg(p)
+    p.set_defaults(func=_cmd_sweep)
+
+    p = subparsers.add_parser('plot', help='Pareto plot (PNG) of a sweep')
+    p.add_argument('sweep', help='OUT/sweep.json or OUT/')
+    p.add_argument('--output', default=None, help='PNG path (default OUT/pareto_<x>.png)')
+    p.add_argument('--x', default='gflops', choices=sorted(X_AXES), help='x axis (default gflops)')
+    p.add_argument('--reference', default=None, help='official points, JSONL with cfg_id, flops, acc1')
+    p.set_defaults(func=_cmd_plot)
+
+    p = subparsers.add_parser('select', help='best stitch within a budget (prints: id, path, measurements)')
+    p.add_argument('sweep', nargs='?', default=None, help='OUT/sweep.json (else --model, FLOPs or its stored table)')
+    p.add_argument('--model', default=None)
+    p.add_argument('--checkpoint', default=None, help='weights whose stored stitch table to use')
+    p.add_argument('--num-classes', type=int, default=None)
+    p.add_argument('--max-gflops', type=float, default=None)
+    p.add_argument('--max-latency-ms', type=float, default=None)
+    p.add_argument('--latency', default='b1', choices=sorted(LATENCY_KEYS), help='latency column for the budget')
+    p.add_argument('--min-top1', type=float, default=None)
+    _model_kwargs_arg(p)
+    p.set_defaults(func=_cmd_select)
