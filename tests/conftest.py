@@ -33,6 +33,12 @@ TINY = {
         anchor_kwargs=[dict(channels=(8, 16, 32, 64), stem_width=8),
                        dict(embed_dim=8, num_heads=(1, 1, 2, 2), window_size=4)],
     ), (3, 64, 64)),
+    # LeViT-192/256's depths (4-4-4) at 8-24 channels, 64x64 (the attention biases are built for the image size)
+    'snnet_levit_192_256': (dict(
+        img_size=64,
+        anchor_kwargs=[dict(embed_dim=e, key_dim=4, num_heads=(2, 2, 2), depth=(4, 4, 4)) for e in ((8, 16, 24),
+                                                                                                (16, 24, 32))],
+    ), (3, 64, 64)),
 }
 
 

@@ -91,7 +91,7 @@ def test_plain_ddp_every_model_same_stitches_identical_params(tmp_path: Path) ->
         _assert_same_params(*(load_file(str(tmp_path / f'{name}.{r}.safetensors')) for r in range(WORLD)))
 
 
-# --- torchrun -m timm_snnet.cli.run: train.py's distributed code path -----------------------------------------------------
+# --- torchrun -m timm_snnet.cli.run: train.py's distributed code path ----------------------------------------------
 DDP_SCRIPT = '''
 """train.py's distributed path through timm's library, launched by torchrun -m timm_snnet.cli.run."""
 import argparse, json, os

@@ -26,6 +26,7 @@ the authors gave a stitch the layer at its position in the stage's list (`layer_
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -33,6 +34,7 @@ from typing import Any, Optional, Union
 import timm
 import torch
 from safetensors.torch import load_file
+from timm.models.levit import Levit
 from timm.models.swin_transformer import SwinTransformer
 from timm.models.swin_transformer import checkpoint_filter_fn as swin_filter_fn
 
@@ -44,7 +46,7 @@ from ._utils import atomic_folder, check_new_folder, file_sha256
 from .families import family_for
 
 __all__ = ['OFFICIAL_V1', 'CONVERTERS', 'ConversionError', 'official_rows', 'load_official', 'official_layers',
-           'convert_official_v1', 'convert_official_v2', 'official_stitch_table', 'convert']
+           'convert_official_v1', 'convert_official_v2', 'levit_official_to_timm', 'official_stitch_table', 'convert']
 
 PathLike = Union[str, Path]
 
@@ -54,6 +56,7 @@ OFFICIAL_V1: dict[str, dict[str, Any]] = {
     'snnet_swin_tsb': {},  # snnet_swin.pth
     'snnet_resnet': {},  # resnet_18_50.pth
     'snnet_resnet18_swin_ti': {},  # resnet18_swin_ti.pth
+    'snnet_levit_192_256': {},  # levit_192_256_release.pth
 }
 _OURS_ONLY = ('sample_step', 'stitch_table_json')  # buffers of this package, absent from official files
 
@@ -150,6 +153,9 @@ def _map(official: dict[str, torch.Tensor], model: SNNet, layers: dict[int, str]
         if isinstance(anchor, SwinTransformer):  # Microsoft Swin keys -> timm
             dropped['Swin index / mask buffers'] += sum('relative_position_index' in k or 'attn_mask' in k for k in sub)
             sub = swin_filter_fn(sub, anchor)
+        elif isinstance(anchor, Levit):  # facebookresearch/LeViT keys -> timm
+            sub, unmapped, dropped['LeViT attention_bias_idxs (timm recomputes them)'] = levit_anchor_to_timm(sub)
+            used.difference_update(prefix + k for k in unmapped)
         mapped.update({prefix + k: v for k, v in sub.items()})
     for layer, src in layers.items():
         for param in ('weight', 'bias'):
@@ -162,6 +168,135 @@ def _map(official: dict[str, torch.Tensor], model: SNNet, layers: dict[int, str]
     _check_keys(mapped, own, sorted(set(official) - used) + sorted(k for k in mapped if k not in own))
     report = dict(tensors=len(mapped), stitching_layers=len(layers), dropped={k: v for k, v in dropped.items() if v})
     return mapped, report
+
+
+# --- LeViT: the authors wrap facebookresearch/LeViT's original model, whose keys differ from timm's Levit ---------
+# original LeViT module names -> timm's, inside one block (`c` is the Linear/Conv of a *_BN, `bn` its BatchNorm)
+_ATTN = {'qkv': 'qkv', 'proj.1': 'proj.ln'}  # Residual(Attention): blocks.N.m.<name>
+_MLP = {'0': 'ln1', '2': 'ln2'}  # Residual(Sequential(Linear_BN, act, Linear_BN)): blocks.N.m.<name>
+_SUBSAMPLE = {'kv': 'kv', 'q.1': 'q.ln', 'proj.1': 'proj.ln'}  # AttentionSubsample: blocks.N.<name>
+_NORM = {'c': 'linear', 'bn': 'bn'}
+_HEAD = {'bn': 'bn', 'l': 'linear'}  # BN_Linear
+_DROPPED = ('attention_bias_idxs',)  # persistent in LeViT, recomputed (non-persistent) in timm: same indices
+
+
+def _block_kinds(keys: list[str]) -> dict[int, str]:
+    """Kind of each flat block of one anchor: 'attn', 'mlp' or 'subsample' (from the names under it)."""
+    kinds: dict[int, str] = {}
+    for key in keys:
+        m = re.match(r'blocks\.(\d+)\.(m\.)?([a-z_]+|\d+)', key)
+        if not m:
+            continue
+        n, residual, name = int(m.group(1)), m.group(2), m.group(3)
+        kind = ('mlp' if name.isdigit() else 'attn') if residual else 'subsample'
+        if kinds.setdefault(n, kind) != kind:
+            raise ValueError(f'blocks.{n} mixes {kinds[n]} and {kind} keys')
+    return kinds
+
+
+def _block_targets(kinds: dict[int, str]) -> dict[int, str]:
+    """timm module of each flat block: a stage's attention/MLP pairs are `stages.s.blocks.b.{attn,mlp}`; a subsample
+    and the MLP after it are `stages.{s+1}.downsample.{attn_downsample,mlp}`."""
+    out, stage, block, prev = {}, 0, -1, None
+    for n in sorted(kinds):
+        kind = kinds[n]
+        if kind == 'attn':
+            block += 1
+            out[n] = f'stages.{stage}.blocks.{block}.attn'
+        elif kind == 'subsample':
+            stage, block = stage + 1, -1
+            out[n] = f'stages.{stage}.downsample.attn_downsample'
+        elif prev == 'attn':
+            out[n] = f'stages.{stage}.blocks.{block}.mlp'
+        elif prev == 'subsample':
+            out[n] = f'stages.{stage}.downsample.mlp'
+        else:
+            raise ValueError(f'blocks.{n}: an MLP block must follow an attention or subsample block')
+        prev = kind
+    return out
+
+
+def _rename(key: str, kinds: dict[int, str], targets: dict[int, str]) -> str | None:
+    """timm key of one anchor's original LeViT key; None for a dropped buffer. KeyError when it does not map."""
+    m = re.fullmatch(r'patch_embed\.(\d+)\.(c|bn)\.(.+)', key)
+    if m and int(m.group(1)) % 2 == 0:
+        return f'stem.conv{int(m.group(1)) // 2 + 1}.{_NORM[m.group(2)]}.{m.group(3)}'
+    m = re.fullmatch(r'(head|head_dist)\.(bn|l)\.(.+)', key)
+    if m:
+        return f'{m.group(1)}.{_HEAD[m.group(2)]}.{m.group(3)}'
+    m = re.fullmatch(r'blocks\.(\d+)\.(?:m\.)?(.+)', key)
+    if m and int(m.group(1)) in targets:
+        n, rest = int(m.group(1)), m.group(2)
+        if rest in _DROPPED:
+            return None
+        if rest == 'attention_biases' and kinds[n] in ('attn', 'subsample'):
+            return f'{targets[n]}.attention_biases'
+        table = {'attn': _ATTN, 'mlp': _MLP, 'subsample': _SUBSAMPLE}[kinds[n]]
+        for src, dst in table.items():
+            sub = re.fullmatch(re.escape(src) + r'\.(c|bn)\.(.+)', rest)
+            if sub:
+                return f'{targets[n]}.{dst}.{_NORM[sub.group(1)]}.{sub.group(2)}'
+    raise KeyError(key)
+
+
+def levit_anchor_to_timm(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str], int]:
+    """One anchor's original LeViT tensors under timm's `Levit` keys: (mapped, unmapped keys, dropped buffers)."""
+    kinds = _block_kinds(list(state))
+    targets = _block_targets(kinds)
+    out, unmapped, dropped = {}, [], 0
+    for key, value in state.items():
+        try:
+            new = _rename(key, kinds, targets)
+        except KeyError:
+            unmapped.append(key)
+            continue
+        if new is None:
+            dropped += 1
+        else:
+            out[new] = value
+    return out, unmapped, dropped
+
+
+def levit_official_to_timm(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The authors' LeViT SN-Net state dict -> ours (`anchors.{i}.<timm Levit key>`, `stitch_layers.{l}.*`).
+
+    Their keys: `anchors.{i}.<facebookresearch/LeViT key>` (stem `patch_embed.{0,2,4,6}`, one flat `blocks` list of
+    attention / MLP residuals and attention subsamples, `head` / `head_dist` BN + linear) and
+    `stitch_layers.{stage}.{pair}.{l}.transform.{weight,bias}`. Stitching layers are numbered as our 'stage' rule
+    does (stage, then anchor pair, then layer). `attention_bias_idxs` buffers are dropped (timm recomputes the same
+    indices). A `{'model': ...}` training checkpoint and a DDP `module.` prefix are accepted. Raises KeyError naming
+    every key that does not map. Tensors are passed through unchanged (no copies).
+    """
+    if 'model' in state_dict and isinstance(state_dict['model'], dict):
+        state_dict = state_dict['model']
+    state_dict = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state_dict.items()}
+    out: dict[str, torch.Tensor] = {}
+    unmapped: list[str] = []
+
+    per_anchor: dict[int, list[str]] = {}
+    stitch: dict[tuple[int, int, int], dict[str, str]] = {}
+    for key in state_dict:
+        m = re.fullmatch(r'anchors\.(\d+)\.(.+)', key)
+        if m:
+            per_anchor.setdefault(int(m.group(1)), []).append(m.group(2))
+            continue
+        m = re.fullmatch(r'stitch_layers\.(\d+)\.(\d+)\.(\d+)\.transform\.(weight|bias)', key)
+        if m:
+            stitch.setdefault(tuple(int(g) for g in m.groups()[:3]), {})[m.group(4)] = key
+            continue
+        unmapped.append(key)
+
+    for i, keys in sorted(per_anchor.items()):
+        mapped, bad, _ = levit_anchor_to_timm({k: state_dict[f'anchors.{i}.{k}'] for k in keys})
+        out.update({f'anchors.{i}.{k}': v for k, v in mapped.items()})
+        unmapped += [f'anchors.{i}.{k}' for k in bad]
+    for layer, (_, params) in enumerate(sorted(stitch.items())):
+        for param, key in params.items():
+            out[f'stitch_layers.{layer}.{param}'] = state_dict[key]
+    if unmapped:
+        raise KeyError(f'{len(unmapped)} keys of the LeViT SN-Net checkpoint do not map to timm: '
+                       f'{sorted(unmapped)[:20]}')
+    return out
 
 
 def convert_official_v1(checkpoint: PathLike, model_name: str, **kwargs: Any) -> tuple[SNNet, dict[str, Any]]:

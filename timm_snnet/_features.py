@@ -81,7 +81,7 @@ class SNNetFeatures:
         family, model = self.families[anchor], self.anchors[anchor]
         # the final norm: on every block feature (ViT), else only on the anchor's last unit (timm's Swin)
         if norm and tap.unit is not None and (family.taps == 'block' or tap.unit == len(self.units[anchor]) - 1):
-            x = family.finish(model, x)
+            x = family.feature_norm(model, x)
         return family.intermediate(model, x, output_fmt, img_size, tap.info['reduction'])
 
     def forward_intermediates(

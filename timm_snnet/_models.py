@@ -218,6 +218,24 @@ def snnet_resnet18_swin_ti(pretrained: bool = False, **kwargs: Any) -> SNNet:
     return _create_from_anchors('snnet_resnet18_swin_ti', pretrained, defaults, kwargs)
 
 
+# --- LeViT: the paper's LeViT-192/256 SN-Net (ziplab/SN-Net `stitching_levit/`) -----------------------------------
+# The authors' anchors are facebookresearch/LeViT's distilled LeViT-192 and -256 (timm's `levit_192` / `levit_256`,
+# LevitDistilled, 224x224). Stitches lie in stages 0 and 1; each stage pairs block j with j + 1 (depths 4-4-4).
+LEVIT_192_256 = ('levit_192.fb_dist_in1k', 'levit_256.fb_dist_in1k')
+
+default_cfgs.update(generate_default_cfgs({
+    'snnet_levit_192_256.in1k': _cfg(LEVIT_192_256, hf_hub_id=f'{HF_HUB_ORG}/snnet_levit_192_256.in1k'),
+    f'snnet_levit_192_256.{OFFICIAL_TAG}in1k': _cfg(LEVIT_192_256, url=_release('snnet_levit_192_256')),
+}))
+
+
+@register_model
+def snnet_levit_192_256(pretrained: bool = False, **kwargs: Any) -> SNNet:
+    """SN-Net over LeViT-192/256 (8 configs: 2 anchors + 3 stitches in each of stages 0 and 1)."""
+    defaults = dict(anchors=LEVIT_192_256, names=('192', '256'), rule='stage', stages=(0, 1))
+    return _create_from_anchors('snnet_levit_192_256', pretrained, defaults, kwargs)
+
+
 # --- SN-Netv2: two-way stitching of DeiT-III anchors, low-rank stitching layers, resource-constrained sampling --------
 # The authors' anchors are DeiT-III ImageNet-21k pretrained, 1k fine-tuned (their deit_3_*_224_21k.pth: timm's
 # fb_in22k_ft_in1k tags); their eval transform is DeiT-III's (resize 224, centre crop 1.0). Released models use

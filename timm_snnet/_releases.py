@@ -48,6 +48,7 @@ RELEASES: dict[str, Release] = {
     'snnet_swin_tsb': Release('v1.0/snnet_swin.pth', 'snnet_swin_tsb.official.jsonl', 'in22k_ft_in1k'),
     'snnet_resnet': Release('v1.1/resnet_18_50.pth', 'snnet_resnet_18_50.official.jsonl', 'in1k'),
     'snnet_resnet18_swin_ti': Release('v1.1/resnet18_swin_ti.pth', 'snnet_resnet18_swin_ti.official.jsonl', 'in1k'),
+    'snnet_levit_192_256': Release('v1.2/levit_192_256_release.pth', 'snnet_levit_192_256.official.jsonl', 'in1k'),
 }
 
 

@@ -44,13 +44,15 @@ def route_names(
     for s, seg in enumerate(route.segments):
         family, prefix = families[seg.anchor], f'anchors.{seg.anchor}.'
         keep.update(prefix + m for u in units[seg.anchor][seg.start:seg.stop] for m in u.modules)
+        keep.update(prefix + m for m in family.shared_names)
         if s == 0:
             keep.update(prefix + n for n in family.stem_names)
         last = seg is route.last
         if (norm and last) or (block_norms and family.taps == 'block'):
             keep.update(prefix + n for n in family.norm_names)
         if last and head:
-            body = [*family.stem_names, *family.norm_names, *(m for u in units[seg.anchor] for m in u.modules)]
+            body = [*family.stem_names, *family.norm_names, *family.shared_names,
+                    *(m for u in units[seg.anchor] for m in u.modules)]
             model = anchors[seg.anchor]
             tensors = [*model.named_parameters(), *model.named_buffers()]
             keep.update(prefix + n for n, _ in tensors if not owned(n, body))

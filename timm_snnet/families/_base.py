@@ -1,13 +1,12 @@
-"""Family adapters: how to cut one timm anchor into stem, blocks (units) and head.
-
-An adapter is stateless; it reads a timm model and answers in module names and activation specs, so the engine
-never learns what a ViT, Swin or ResNet is.
-"""
+"""The adapter base: `Family` (how to cut one timm anchor into stem, units and head), the registry, `can_stitch`,
+and the helpers several adapters share (stages from timm's feature_info, CNN stems)."""
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Callable, Literal, Optional, Sequence, Union
 
+import timm
 import torch
 from torch import nn
 
@@ -31,7 +30,8 @@ class Family:
     stem_names: tuple[str, ...] = ()  # modules / parameters that run before the first unit
     # feature extraction (timm's forward_intermediates semantics for the family)
     taps: Literal['stage', 'block'] = 'stage'  # one feature per stage (at its end), or one per block (ViT)
-    norm_names: tuple[str, ...] = ()  # the final norm that `finish` applies
+    norm_names: tuple[str, ...] = ()  # the final norm that `finish` applies (and `forward_intermediates(norm=True)`)
+    shared_names: tuple[str, ...] = ()  # modules without parameters that every unit of the anchor reads (Eva's RoPE)
     intermediate_fmts: tuple[str, ...] = ('NCHW',)  # output formats forward_intermediates can give
 
     def units(self, model: nn.Module) -> list[Unit]:
@@ -42,6 +42,13 @@ class Family:
 
     def finish(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """The tail of `forward_features` after the last unit (the final norm), identity by default."""
+        return x
+
+    def feature_norm(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The final norm alone (`norm_names`), as timm's `forward_intermediates(norm=True)` applies it; never a head
+        conv that `finish` may also run (EfficientNet's conv_head, RegNet's final_conv)."""
+        for name in self.norm_names:
+            x = model.get_submodule(name)(x)
         return x
 
     def run_module(self, model: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
@@ -79,9 +86,143 @@ def register_family(family: type[Family]) -> type[Family]:
     return family
 
 
+def registered_families() -> tuple[Family, ...]:
+    """Every registered adapter, in registration order."""
+    return tuple(_FAMILIES)
+
+
 def family_for(model: nn.Module) -> Family:
-    for family in _FAMILIES:
-        if type(model) is family.model_cls:
-            return family
-    known = ', '.join(f.model_cls.__name__ for f in _FAMILIES)
-    raise TypeError(f'no SN-Net adapter for {type(model).__name__}; supported anchor classes: {known}')
+    """The adapter of `model`'s class or, for a subclass, of its nearest registered base class."""
+    for cls in type(model).__mro__:
+        for family in _FAMILIES:
+            if family.model_cls is cls:
+                return family
+    name = type(model).__name__
+    known = sorted(f.model_cls.__name__ for f in _FAMILIES)
+    near = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    hint = f'nearest supported: {", ".join(near)}' if near else f'supported anchor classes: {", ".join(known)}'
+    raise TypeError(f'no SN-Net adapter for {name} ({type(model).__module__}); {hint}')
+
+
+def can_stitch(model_or_name: Union[nn.Module, str]) -> bool:
+    """Whether an anchor (a model, or a timm model name, built on the meta device) has an adapter giving it units."""
+    if isinstance(model_or_name, str):
+        with torch.device('meta'):
+            model = timm.create_model(model_or_name)
+    else:
+        model = model_or_name
+    try:
+        return len(family_for(model).units(model)) > 0
+    except (TypeError, AttributeError, KeyError, ValueError):
+        return False
+
+
+# --- helpers shared by the adapters ---------------------------------------------------------------------------------
+def stage_specs(model: nn.Module, stages: Sequence[str],
+                channels_of: Optional[Callable[[int], int]] = None) -> list[tuple[int, int]]:
+    """(channels, reduction) of each stage module, from timm's `feature_info`.
+
+    timm lists a stage only where the stride changes after it (EfficientNet, MobileNet, ByobNet); an unlisted stage
+    runs at the reduction of the next listed stage (or of the last feature, e.g. ByobNet's `final_conv`), and its
+    channels come from `channels_of(stage index)`.
+    """
+    info = {f['module']: f for f in model.feature_info}
+    out = []
+    for s, name in enumerate(stages):
+        if name in info:
+            out.append((info[name]['num_chs'], info[name]['reduction']))
+            continue
+        if channels_of is None:
+            raise KeyError(f'stage {name} of {type(model).__name__} is not in its feature_info')
+        after = [info[n]['reduction'] for n in stages[s + 1:] if n in info]
+        out.append((channels_of(s), after[0] if after else model.feature_info[-1]['reduction']))
+    return out
+
+
+def stage_units(model: nn.Module, stages: Sequence[str], blocks: str = '', downsample: str = '',
+                specs: Optional[Sequence[tuple[int, int]]] = None,
+                block_channels: Optional[Callable[[int, int], int]] = None) -> list[Unit]:
+    """Units of stages named `stages`: one per child of `<stage>.<blocks>` (of the stage itself if `blocks` is '');
+    a stage's `<stage>.<downsample>` module, where it has one, runs first in its block 0 (timm's order).
+
+    With `block_channels(stage, block)` (output channels of each block), a block whose output is not yet at the
+    stage's width (e.g. MobileOne's stride-2 depthwise block 0, MobileNetV4's wider first block) joins the next
+    block in one unit: every unit of a stage hands on the stage's (channels, reduction), so any cut can be stitched.
+    """
+    specs = stage_specs(model, stages) if specs is None else specs
+    out = []
+    for s, (name, (channels, reduction)) in enumerate(zip(stages, specs)):
+        stage = model.get_submodule(name)
+        container = f'{name}.{blocks}' if blocks else name
+        modules = [f'{name}.{downsample}'] if downsample and hasattr(stage, downsample) else []
+        children = [child for child, _ in model.get_submodule(container).named_children()]
+        for b, child in enumerate(children):
+            modules.append(f'{container}.{child}')
+            if b == len(children) - 1 or block_channels is None or block_channels(s, b) == channels:
+                out.append(Unit(s, sum(u.stage == s for u in out), tuple(modules), channels, reduction))
+                modules = []
+    return out
+
+
+def children_names(model: nn.Module, name: str) -> list[str]:
+    """Full names of a container module's children (e.g. `['stages.0', 'stages.1', ...]`)."""
+    return [f'{name}.{child}' for child, _ in model.get_submodule(name).named_children()]
+
+
+def last_conv_channels(module: nn.Module) -> int:
+    """Output channels of the last conv a module defines (its output channels for timm's CNN blocks)."""
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ValueError(f'{type(module).__name__} has no conv to read its output channels from')
+    return convs[-1].out_channels
+
+
+def _under(name: str, prefixes: Sequence[str]) -> bool:
+    return any(name == p or name.startswith(p + '.') for p in prefixes)
+
+
+class CNNFamily(Family):
+    """An NCHW family whose stem is the modules `stem_names` run in order (timm's CNNs); the stem's features are
+    timm's feature_info entries at or inside those modules (a Sequential stem is run child by child to take them)."""
+    layout: Layout = 'nchw'
+    stem_names = ('stem',)
+
+    def stem(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        for name in self.stem_names:
+            x = model.get_submodule(name)(x)
+        return x
+
+    def stem_taps(self, model: nn.Module) -> list[dict]:
+        return [dict(f) for f in model.feature_info if _under(f['module'], self.stem_names)]
+
+    def stem_intermediates(self, model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        taps, out = {f['module'] for f in self.stem_taps(model)}, []
+        for name in self.stem_names:
+            module = model.get_submodule(name)
+            if isinstance(module, nn.Sequential) and any(t.startswith(name + '.') for t in taps):
+                for child, layer in module.named_children():
+                    x = layer(x)
+                    if f'{name}.{child}' in taps:
+                        out.append(x)
+            else:
+                x = module(x)
+            if name in taps:
+                out.append(x)
+        return x, out
+
+    def prune_stem(self, model: nn.Module) -> None:
+        """Everything in the stem after its last tap becomes nn.Identity."""
+        taps = self.stem_taps(model)
+        if not taps:
+            return
+        last, done = taps[-1]['module'], False
+        for name in self.stem_names:
+            if done:
+                parent, _, attr = name.rpartition('.')
+                setattr(model.get_submodule(parent), attr, nn.Identity())
+            elif last.startswith(name + '.'):
+                module = model.get_submodule(name)
+                children = [c for c, _ in module.named_children()]
+                for child in children[children.index(last[len(name) + 1:]) + 1:]:
+                    setattr(module, child, nn.Identity())
+            done = done or _under(last, (name,))

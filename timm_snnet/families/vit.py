@@ -1,7 +1,9 @@
-"""ViT / DeiT adapter over timm's VisionTransformer: tokens (B, N, C), one stage of equal blocks."""
+"""ViT / DeiT adapters over timm's VisionTransformer and VisionTransformerDistilled: tokens (B, N, C), one stage of
+equal blocks."""
 from typing import Sequence
 
 import torch
+from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
 
 from ._base import Family, Unit, register_family
@@ -45,3 +47,12 @@ class ViTFamily(Family):
         if h * w != x.shape[1]:  # dynamic padding rounds the grid up
             h, w = (-(-n // reduction) for n in img_size)
         return x.reshape(x.shape[0], h, w, -1).permute(0, 3, 1, 2).contiguous()
+
+
+@register_family
+class DistilledViTFamily(ViTFamily):
+    """DeiT with a distillation token: timm's `_pos_embed` adds the token (so the stem owns it) and `forward_head`
+    reads both prefix tokens, averaging `head` and `head_dist` (or returning both in distilled training), as in timm.
+    The intermediates drop both prefix tokens (`num_prefix_tokens` is 2)."""
+    model_cls = VisionTransformerDistilled
+    stem_names = ViTFamily.stem_names + ('dist_token',)
