@@ -39,6 +39,12 @@ TINY = {
         anchor_kwargs=[dict(embed_dim=e, key_dim=4, num_heads=(2, 2, 2), depth=(4, 4, 4)) for e in ((8, 16, 24),
                                                                                                 (16, 24, 32))],
     ), (3, 64, 64)),
+    # ConvNeXt-T/S/B depths with stage 2 shortened (4 and 6 blocks), 8-32 channels
+    'snnet_convnext_tsb': (dict(
+        anchor_kwargs=[dict(dims=(8, 16, 24, 32), depths=d) for d in ((2, 2, 4, 2), (2, 2, 6, 2), (2, 2, 6, 2))],
+    ), (3, 64, 64)),
+    # timm's EfficientNet entry points fix their widths: the real B0/B1/B2 (5-9M params), at 64x64
+    'snnet_efficientnet_b0_b2': (dict(), (3, 64, 64)),
 }
 
 

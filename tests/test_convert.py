@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from conftest import TINY
 
-from timm_snnet._convert import ConversionError, convert
+from timm_snnet._convert import ConversionError, convert, load_official
 from timm_snnet.cli import main as cli
 
 SWIN_TSB = dict(img_size=32, anchor_kwargs=[
@@ -27,6 +27,7 @@ MODELS = {  # name -> (tiny kwargs with the authors' depths, input size)
     'snnet_swin_tsb': (SWIN_TSB, (3, 32, 32)),
     'snnet_resnet': (TINY['snnet_resnet'][0], (3, 64, 64)),
     'snnet_resnet18_swin_ti': (TINY['snnet_resnet18_swin_ti'][0], (3, 64, 64)),
+    'snnet_levit_192_256': (TINY['snnet_levit_192_256'][0], (3, 64, 64)),  # LeViT-192/256 depths (4-4-4)
 }
 
 
@@ -51,9 +52,11 @@ TABLES = {
                      (2, 0, 0, 1, 0), (2, 0, 0, 2, 0), (2, 0, 1, 3, 0), (2, 0, 1, 4, 1), (2, 0, 1, 5, 1)],
     'snnet_resnet18_swin_ti': [(1, 0, 0, 1, 0), (2, 0, 0, 1, 0), (2, 0, 0, 2, 0), (2, 0, 1, 3, 0), (2, 0, 1, 4, 1),
                                (2, 0, 1, 5, 1)],
+    # stitching_levit: per stage 0, 1 paired_stitching(4): blocks (j, j + 1), layer j
+    'snnet_levit_192_256': [(s, 0, j, j + 1, j) for s in (0, 1) for j in range(3)],
 }
 STITCHED_STAGES = {'snnet_deit_tsb': (0,), 'snnet_swin_tsb': (0, 1, 2), 'snnet_resnet': (1, 2),
-                   'snnet_resnet18_swin_ti': (1, 2)}
+                   'snnet_resnet18_swin_ti': (1, 2), 'snnet_levit_192_256': (0, 1)}
 
 
 def _kind(anchor: torch.nn.Module) -> str:
@@ -63,13 +66,81 @@ def _kind(anchor: torch.nn.Module) -> str:
 def _channels(anchor: torch.nn.Module, stage: int) -> int:
     if _kind(anchor) == 'VisionTransformer':
         return anchor.embed_dim
+    if _kind(anchor) == 'LevitDistilled':
+        return anchor.feature_info[stage]['num_chs']
     return anchor.feature_info[stage + (_kind(anchor) == 'ResNet')]['num_chs']
+
+
+def _levit_original_keys(anchor: torch.nn.Module) -> list[tuple[str, tuple[int, ...]]]:
+    """facebookresearch/LeViT's `model_factory(C, D, N, X, distillation=True)` state dict (keys and shapes, in its
+    order: a module's own parameters and buffers before its children's) for the anchor's architecture: stem b16
+    (Conv2d_BN at patch_embed.0/2/4/6), per stage X Residual(Attention) / Residual(MLP) pairs in one flat `blocks`
+    list, between stages an AttentionSubsample (D, C // D heads, attn_ratio 4, stride 2) and a Residual(MLP), then
+    BN_Linear `head` and `head_dist`. Attention and subsample blocks save their `attention_bias_idxs`."""
+    dims = [info['num_chs'] for info in anchor.feature_info]
+    d = anchor.stages[0].blocks[0].attn.key_dim
+    heads = [stage.blocks[0].attn.num_heads for stage in anchor.stages]
+    depths = [len(stage.blocks) for stage in anchor.stages]
+    keys: list[tuple[str, tuple[int, ...]]] = []
+
+    def conv_bn(prefix: str, shape: tuple[int, ...]) -> None:  # Conv2d_BN / Linear_BN: `c` (no bias), `bn`
+        keys.append((f'{prefix}.c.weight', shape))
+        keys.extend((f'{prefix}.bn.{p}', (shape[0],)) for p in ('weight', 'bias', 'running_mean', 'running_var'))
+        keys.append((f'{prefix}.bn.num_batches_tracked', ()))
+
+    def mlp(n: int, ed: int) -> None:
+        conv_bn(f'blocks.{n}.m.0', (2 * ed, ed))
+        conv_bn(f'blocks.{n}.m.2', (ed, 2 * ed))
+
+    stem = [3, dims[0] // 8, dims[0] // 4, dims[0] // 2, dims[0]]
+    for i in range(4):
+        conv_bn(f'patch_embed.{2 * i}', (stem[i + 1], stem[i], 3, 3))
+    n, res = 0, anchor.stages[0].blocks[0].attn.resolution[0]  # img_size // 16
+    for s, (ed, nh, depth) in enumerate(zip(dims, heads, depths)):
+        for _ in range(depth):
+            offsets = len({(abs(a // res - b // res), abs(a % res - b % res)) for a in range(res * res)
+                           for b in range(res * res)})
+            keys += [(f'blocks.{n}.m.attention_biases', (nh, offsets)),
+                     (f'blocks.{n}.m.attention_bias_idxs', (res * res, res * res))]
+            conv_bn(f'blocks.{n}.m.qkv', (2 * d * nh + 2 * d * nh, ed))
+            conv_bn(f'blocks.{n}.m.proj.1', (ed, 2 * d * nh))
+            mlp(n + 1, ed)
+            n += 2
+        if s + 1 < len(dims):
+            out, sh, res_ = dims[s + 1], ed // d, (res - 1) // 2 + 1
+            offsets = len({(abs(2 * (a // res_) - b // res), abs(2 * (a % res_) - b % res)) for a in range(res_ ** 2)
+                           for b in range(res * res)})
+            keys += [(f'blocks.{n}.attention_biases', (sh, offsets)),
+                     (f'blocks.{n}.attention_bias_idxs', (res_ * res_, res * res))]
+            conv_bn(f'blocks.{n}.kv', (4 * d * sh + d * sh, ed))
+            conv_bn(f'blocks.{n}.q.1', (d * sh, ed))
+            conv_bn(f'blocks.{n}.proj.1', (out, 4 * d * sh))
+            mlp(n + 1, out)
+            n, res = n + 2, res_
+    for head in ('head', 'head_dist'):
+        keys.extend((f'{head}.bn.{p}', (dims[-1],)) for p in ('weight', 'bias', 'running_mean', 'running_var'))
+        keys += [(f'{head}.bn.num_batches_tracked', ()), (f'{head}.l.weight', (anchor.num_classes, dims[-1])),
+                 (f'{head}.l.bias', (anchor.num_classes,))]
+    return keys
 
 
 def _authors_keys(anchor: torch.nn.Module) -> dict[str, torch.Tensor]:
     """An anchor's tensors under the authors' names: Microsoft Swin for Swin (merging at a stage's end, plain `head`,
-    index / mask buffers saved), split-BN auxiliary copies for ResNet (they trained with --split-bn)."""
+    index / mask buffers saved), split-BN auxiliary copies for ResNet (they trained with --split-bn), and for LeViT
+    facebookresearch/LeViT's original model (stitching_levit wraps it) with its `attention_bias_idxs` buffers.
+
+    LeViT: the original keys correspond to timm's by position once the index buffers are left out (timm's module
+    order is the original's: how timm converted the original weights, `levit.checkpoint_filter_fn`), checked by
+    shape here; the converter's name mapping is not used."""
     sd = dict(anchor.state_dict())
+    if _kind(anchor) == 'LevitDistilled':
+        original = _levit_original_keys(anchor)
+        weights = [(k, shape) for k, shape in original if not k.endswith('attention_bias_idxs')]
+        assert [shape for _, shape in weights] == [tuple(v.shape) for v in sd.values()], 'not the LeViT layout'
+        out = dict(zip((k for k, _ in weights), sd.values()))
+        idxs = [b for n, b in anchor.named_buffers() if n.endswith('attention_bias_idxs')]  # timm: non-persistent
+        out.update(zip((k for k, _ in original if k.endswith('attention_bias_idxs')), idxs, strict=True))
+        return {k: out[k] for k, _ in original}  # the original's order
     if _kind(anchor) == 'SwinTransformer':
         sd = {re.sub(r'layers\.(\d+)\.downsample', lambda m: f'layers.{int(m[1]) - 1}.downsample', k)
               .replace('head.fc.', 'head.'): v for k, v in sd.items()}
@@ -121,7 +192,7 @@ def _official(name: str, tmp_path: Path, edit=None, kwargs=None, table=None) -> 
     if name == 'snnet_swin_tsb':
         ckpt = dict(model=state, optimizer={}, lr_scheduler={}, max_accuracy=83.2, scaler={}, epoch=49,
                     config=_cfgnode())
-    elif name == 'snnet_deit_tsb':
+    elif name in ('snnet_deit_tsb', 'snnet_levit_192_256'):  # DeiT's main.py; stitching_levit/main.py alike
         ckpt = dict(model=state, optimizer={'state': {}}, lr_scheduler={'t_initial': 50}, epoch=49, scaler={},
                     args=args)
     else:  # timm's CheckpointSaver
@@ -145,6 +216,13 @@ def _authors_forward(name: str, anchors: list, stitch: dict, x: torch.Tensor, ro
         h = a.norm_pre(a.patch_drop(a._pos_embed(a.patch_embed(x))))
         h = F.linear(a.blocks[:j + 1](h), w, bias)
         return b.forward_head(b.blocks[k:](h))  # v1 DeiT: no final norm on stitched paths
+    if _kind(a) == 'LevitDistilled':  # stitching_levit: forward_until(stage, j), the Linear, forward_from(stage, k)
+        h = a.stem(x).flatten(2).transpose(1, 2)  # patch_embed, tokens
+        h = a.stages[:stage](h)  # the flat blocks of earlier stages and their subsamples (timm: stage s+1 downsample)
+        h = a.stages[stage].blocks[:j + 1](a.stages[stage].downsample(h))
+        h = F.linear(h, w, bias)
+        h = b.stages[stage + 1:](b.stages[stage].blocks[k:](h)).mean(1)
+        return (b.head(h) + b.head_dist(h)) / 2  # distilled heads, averaged in eval
     if _kind(a) == 'SwinTransformer':
         h = a.layers[:stage](a.patch_embed(x))
         h = a.layers[stage].blocks[:j + 1](a.layers[stage].downsample(h))
@@ -170,7 +248,10 @@ def test_convert_gives_the_authors_outputs(name: str, tmp_path: Path, capsys: py
     out = tmp_path / 'converted'
     assert cli(['convert', str(ckpt), '--from', 'official-v1', '--model', name, '--output', str(out),
                 '--model-kwargs', *(f'{k}={v!r}' for k, v in MODELS[name][0].items())]) == 0
-    assert '0 unmapped, 0 missing' in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert '0 unmapped, 0 missing' in printed
+    saved = sum(k.endswith('attention_bias_idxs') for k in load_official(ckpt))
+    assert (f'{saved} LeViT attention_bias_idxs' in printed) == (name == 'snnet_levit_192_256')  # every one dropped
     assert {p.name for p in out.iterdir()} == {'config.json', 'model.safetensors'}
     model = timm.create_model(f'local-dir:{out}', pretrained=True).eval()
 
@@ -182,10 +263,17 @@ def test_convert_gives_the_authors_outputs(name: str, tmp_path: Path, capsys: py
     args = json.loads((out / 'config.json').read_text())['model_args']
     if name == 'snnet_deit_tsb':  # compatibility switch on, default (window) layers
         assert args['stitched_final_norm'] is False and args['layer_assignment'] is None
-    else:  # plain path, the authors' layers by list position
+    else:  # plain path, the authors' layers by list position (LeViT: one per stitch, the default: no assignment)
         keys = [(row[0], row[1], row[4]) for row in table]
         first_use = {key: i for i, key in enumerate(dict.fromkeys(keys))}
-        assert args['stitched_final_norm'] is True and args['layer_assignment'] == [first_use[key] for key in keys]
+        layers = [first_use[key] for key in keys]
+        assert args['stitched_final_norm'] is True and [c.layer for c in configs[len(anchors):]] == layers
+        assert args['layer_assignment'] == (None if name == 'snnet_levit_192_256' else layers)
+
+    # every anchor tensor back at its timm key (outputs alone would miss a LeViT head <-> head_dist swap: averaged)
+    for ours, anchor in zip(model.anchors, anchors):
+        converted, original = ours.state_dict(), anchor.state_dict()
+        assert converted.keys() == original.keys() and all(torch.equal(converted[k], v) for k, v in original.items())
 
     x = torch.randn(2, *MODELS[name][1], generator=torch.Generator().manual_seed(1))
     with torch.no_grad():

@@ -28,8 +28,8 @@ def _hooked_features(model, x):
     for i in info:
         f = seen[i['module']]
         if f.ndim == 3:  # ViT tokens: patch tokens to NCHW
-            anchor = model.anchors[int(i['module'].split('.')[1])]
-            f = f[:, anchor.num_prefix_tokens:]
+            a = int(i['module'].split('.')[1])
+            f = f[:, model.families[a].prefix_tokens(model.anchors[a]):]
             side = x.shape[-1] // i['reduction']
             f = f.reshape(f.shape[0], -1, side, f.shape[-1]).permute(0, 3, 1, 2)
         elif model._families[int(i['module'].split('.')[1])].layout == 'nhwc':

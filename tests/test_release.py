@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from conftest import TINY
 from hub_fixtures import hub_endpoint, hub_server, set_hub_offline  # noqa: F401 (fixtures)
 from hub_server import HubServer
 from test_convert import _RAN, _official, _Payload
-from test_hub import RECIPES
+from test_hub import RECIPES as HUB_RECIPES
 
 from timm_snnet import HF_HUB_ORG, push_snnet, save_snnet
 from timm_snnet._convert import convert_official_v1
@@ -28,9 +29,12 @@ from timm_snnet._releases import REFERENCE_DIR, RELEASES
 from timm_snnet._sources import RELEASE_URL_ENV, official_dir
 
 ROOT = Path(__file__).resolve().parents[1]
+# every release's tiny recipe (kwargs with the authors' depths, the authors' table or None for test_convert's):
+# LeViT-192/256's 4-4-4 depths give the published 8 configs
+RECIPES = {'snnet_levit_192_256': (TINY['snnet_levit_192_256'][0], None), **HUB_RECIPES}
 RESNET = RECIPES['snnet_resnet'][0]  # tiny ResNet-18/50 with the authors' depths: the published 10 configs
 INPUT = {'snnet_deit_tsb': (3, 32, 32), 'snnet_swin_tsb': (3, 32, 32), 'snnet_resnet': (3, 64, 64),
-         'snnet_resnet18_swin_ti': (3, 64, 64)}
+         'snnet_resnet18_swin_ti': (3, 64, 64), 'snnet_levit_192_256': (3, 64, 64)}
 
 
 class ReleaseServer:

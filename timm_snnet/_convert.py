@@ -154,7 +154,8 @@ def _map(official: dict[str, torch.Tensor], model: SNNet, layers: dict[int, str]
             dropped['Swin index / mask buffers'] += sum('relative_position_index' in k or 'attn_mask' in k for k in sub)
             sub = swin_filter_fn(sub, anchor)
         elif isinstance(anchor, Levit):  # facebookresearch/LeViT keys -> timm
-            sub, unmapped, dropped['LeViT attention_bias_idxs (timm recomputes them)'] = levit_anchor_to_timm(sub)
+            sub, unmapped, n = levit_anchor_to_timm(sub)
+            dropped['LeViT attention_bias_idxs (timm recomputes them)'] += n
             used.difference_update(prefix + k for k in unmapped)
         mapped.update({prefix + k: v for k, v in sub.items()})
     for layer, src in layers.items():

@@ -162,7 +162,7 @@ class SNNetFeatures:
             end = self.anchors[new.last.anchor]
             end.num_features = end.head_hidden_size = tap.info['num_chs']
         if prune_head or prune_end:
-            self.reset_classifier(0, '')
+            self.reset_classifier(0, '', reset_other=True)  # a head with its own norm goes too (ConvNeXt)
         keep = route_names(new, self.anchors, self.families, self.units, norm=not prune_norm and not prune_end,
                            head=not prune_head and not prune_end, block_norms=not prune_norm)
         prune_anchors(self.anchors, self.stitch_layers, keep)

@@ -12,7 +12,9 @@ from typing import Any, Sequence
 import torch
 from fvcore.nn import FlopCountAnalysis
 from fvcore.nn.jit_handles import get_shape
+from timm.models._input import get_model_input_config
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from ._routes import owned
 from ._utils import eval_mode
@@ -87,3 +89,12 @@ def stitching_layer_cost(layer: nn.Module, rows: int) -> tuple[int, int]:
     Params are those of the dense layer it runs as (a low-rank layer's merged weight and bias)."""
     weight = layer.weight
     return rows * weight.shape[0] * weight.shape[1], weight.numel() + layer.bias.numel()
+
+
+def meta_flops(model: nn.Module) -> int:
+    """Multiply-adds of a timm model built on the meta device, at batch 1 and its input size (torch's FLOP counter
+    on meta tensors: no weights, no compute), cheap enough to order anchors."""
+    size = get_model_input_config(model)['input_size']
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, *size, device='meta'))
+    return counter.get_total_flops() // 2

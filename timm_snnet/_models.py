@@ -18,8 +18,10 @@ from timm.models._input import update_model_args
 from torch import nn
 
 from ._exported import EXPORT_NAME, ExportedStitch
+from ._flops import meta_flops
 from ._releases import DEFAULT_HUB_URL, DEFAULT_RELEASE_URL, HF_HUB_ORG, OFFICIAL_TAG, release_url
 from ._snnet import SNNet
+from .families import family_for
 
 __all__ = ['HF_HUB_ORG', 'ARCH_ARGS', 'SNNet', 'checkpoint_filter_fn', 'record_model_args', 'set_pretrained_source']
 
@@ -61,8 +63,9 @@ def _inner(model: nn.Module) -> SNNet:
 
 
 def _anchor_layers(cfgs: list[dict[str, Any]]) -> dict[str, tuple[str, ...]]:
-    """first_conv and classifier of each anchor (by its own timm cfg), as tuples."""
-    return {key: tuple(f'anchors.{i}.{c[key]}' for i, c in enumerate(cfgs)) for key in ('first_conv', 'classifier')}
+    """first_conv and classifier of each anchor (by its own timm cfg; a tuple names several), as flat tuples."""
+    return {key: tuple(f'anchors.{i}.{name}' for i, c in enumerate(cfgs) for name in _as_tuple(c[key]))
+            for key in ('first_conv', 'classifier')}
 
 
 def _cfg(anchors: tuple[str, ...], **kwargs: Any) -> dict[str, Any]:
@@ -216,6 +219,90 @@ def snnet_resnet18_swin_ti(pretrained: bool = False, **kwargs: Any) -> SNNet:
     """SN-Net from ResNet-18 to Swin-Ti (8 configs: ResNet stages 1, 2 onto the Swin stages at the same resolution)."""
     defaults = dict(anchors=RESNET18_SWIN_TI, names=('R18', 'Ti'), rule='stage', stages=(1, 2))
     return _create_from_anchors('snnet_resnet18_swin_ti', pretrained, defaults, kwargs)
+
+
+# --- any timm family: the generic entry point --------------------------------------------------------------------
+default_cfgs.update(generate_default_cfgs({
+    'snnet': {'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None, 'crop_pct': 0.875,
+              'interpolation': 'bicubic', 'mean': timm.data.IMAGENET_DEFAULT_MEAN,
+              'std': timm.data.IMAGENET_DEFAULT_STD, 'license': 'apache-2.0', 'hf_hub_filename': 'model.safetensors',
+              'paper_ids': 'arXiv:2302.06586', 'paper_name': 'Stitchable Neural Networks'},
+}))
+_ANCHOR_LISTS = ('anchor_kwargs', 'names', 'anchor_checkpoints')  # per-anchor kwargs, reordered with the anchors
+
+
+def _as_list(value: Any, n: int) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value] * n
+
+
+def plan_anchors(anchors: Sequence[str], anchor_kwargs: Any = None) -> tuple[list[int], list[int], list[int]]:
+    """(order by FLOPs, multiply-adds, stage count) of timm anchors, each built on the meta device."""
+    flops, stages = [], []
+    for name, kw in zip(anchors, _as_list(anchor_kwargs or {}, len(anchors))):
+        with torch.device('meta'):
+            model = timm.create_model(name, **kw).eval()
+        flops.append(meta_flops(model))
+        stages.append(len({u.stage for u in family_for(model).units(model)}))
+    return sorted(range(len(anchors)), key=lambda i: flops[i]), flops, stages
+
+
+@register_model
+def snnet(pretrained: bool = False, **kwargs: Any) -> SNNet:
+    """SN-Net over any timm anchors: `timm.create_model('snnet', anchors=('convnext_atto', 'convnext_femto'))`.
+
+    The anchors (timm names, tags allowed) are ordered by FLOPs (`sort_anchors=False` keeps the given order), with
+    their `anchor_kwargs`, `names` and `anchor_checkpoints`. The rule is `'window'` when every anchor is one stage of
+    blocks (ViT-like) and `'stage'` otherwise, stitching every stage but the last; pass `rule=` / `stages=` to choose.
+    Weights: `pretrained_anchors=True` (the anchors' own timm weights), `anchor_checkpoints`, or a trained SN-Net
+    from `hf-hub:ORG/REPO` / `local-dir:DIR`, whose config.json records the anchors.
+    """
+    anchors = kwargs.pop('anchors', None)
+    if not anchors or isinstance(anchors, str) or len(anchors) < 2:
+        raise TypeError(f"snnet needs anchors=(name, name, ...): two or more timm model names, e.g. "
+                        f"timm.create_model('snnet', anchors=('convnext_atto', 'convnext_femto')); got {anchors!r}")
+    anchors = list(anchors)
+    if pretrained and not kwargs.get('pretrained_cfg') and not any(
+            (kwargs.get('pretrained_cfg_overlay') or {}).get(k) for k in ('file', 'url', 'hf_hub_id', 'state_dict')):
+        raise ValueError("the generic snnet has no published weights: pass pretrained_anchors=True for the anchors' "
+                         "own timm weights, or load a trained SN-Net with 'hf-hub:ORG/REPO' or 'local-dir:DIR'")
+    order, _, stages = plan_anchors(anchors, kwargs.get('anchor_kwargs'))
+    if kwargs.pop('sort_anchors', True) and order != sorted(order):
+        anchors = [anchors[i] for i in order]
+        for key in _ANCHOR_LISTS:
+            if isinstance(kwargs.get(key), (list, tuple)):
+                kwargs[key] = [kwargs[key][i] for i in order]
+    rule = kwargs.setdefault('rule', 'window' if max(stages) == 1 else 'stage')
+    if rule == 'stage' and 'stages' not in kwargs:
+        kwargs['stages'] = tuple(range(max(min(stages) - 1, 1)))
+    if not kwargs.get('pretrained_cfg'):  # a cfg for these anchors (not when a saved config.json supplies one)
+        kwargs['pretrained_cfg_overlay'] = {**_cfg(tuple(anchors)), **(kwargs.get('pretrained_cfg_overlay') or {})}
+    return _create_from_anchors('snnet', pretrained, dict(anchors=tuple(anchors)), kwargs)
+
+
+# --- named families: the anchors a user would pick first -------------------------------------------------------------
+# ConvNeXt-T/S/B (ImageNet-22k pretrained, 1k fine-tuned), stitched in stages 0-2 (ConvNeXt-S and -B share depths)
+CONVNEXT_TSB = tuple(f'convnext_{s}.fb_in22k_ft_in1k' for s in ('tiny', 'small', 'base'))
+# EfficientNet-B0/B1/B2 (timm's own weights), seven stages of MBConv blocks; stitched where the depths allow
+EFFICIENTNET_B0_B2 = ('efficientnet_b0.ra_in1k', 'efficientnet_b1.ft_in1k', 'efficientnet_b2.ra_in1k')
+
+default_cfgs.update(generate_default_cfgs({
+    'snnet_convnext_tsb.in22k_ft_in1k': _cfg(CONVNEXT_TSB),
+    'snnet_efficientnet_b0_b2.in1k': _cfg(EFFICIENTNET_B0_B2),
+}))
+
+
+@register_model
+def snnet_convnext_tsb(pretrained: bool = False, **kwargs: Any) -> SNNet:
+    """SN-Net over ConvNeXt-T/S/B, stitched inside stages 0, 1 and 2 (`pretrained_anchors=True`: timm's weights)."""
+    defaults = dict(anchors=CONVNEXT_TSB, names=('T', 'S', 'B'), rule='stage', stages=(0, 1, 2))
+    return _create_from_anchors('snnet_convnext_tsb', pretrained, defaults, kwargs)
+
+
+@register_model
+def snnet_efficientnet_b0_b2(pretrained: bool = False, **kwargs: Any) -> SNNet:
+    """SN-Net over EfficientNet-B0/B1/B2, stitched inside stages 1-5 (`pretrained_anchors=True`: timm's weights)."""
+    defaults = dict(anchors=EFFICIENTNET_B0_B2, names=('B0', 'B1', 'B2'), rule='stage', stages=(1, 2, 3, 4, 5))
+    return _create_from_anchors('snnet_efficientnet_b0_b2', pretrained, defaults, kwargs)
 
 
 # --- LeViT: the paper's LeViT-192/256 SN-Net (ziplab/SN-Net `stitching_levit/`) -----------------------------------

@@ -5,6 +5,7 @@ The engine knows anchors only through their family adapter (stem, units with act
 from __future__ import annotations
 
 import bisect
+import inspect
 import json
 import operator
 from typing import Any, Iterable, Iterator, Optional, Sequence, Union
@@ -125,6 +126,7 @@ class SNNet(SNNetFeatures, nn.Module):
         super().__init__()
         if len(anchors) < 2:
             raise ValueError(f'an SN-Net needs at least 2 anchors, got {list(anchors)}')
+        self._anchor_args = dict(anchors=tuple(anchors), anchor_kwargs=anchor_kwargs)  # as built: see live_model_args
         if anchor_kwargs is None or isinstance(anchor_kwargs, dict):
             anchor_kwargs = [dict(anchor_kwargs or {}) for _ in anchors]
         if len(anchor_kwargs) != len(anchors):
@@ -148,6 +150,7 @@ class SNNet(SNNetFeatures, nn.Module):
         self.grad_checkpointing = False
 
         depths = [self._stage_depths(u) for u in self._units]
+        self._check_stages(depths)
         configs, layers = enumerate_configs(depths, stages, rule, kernel_size, stride)
         if layer_assignment is not None:
             configs, layers = assign_layers(configs, layers, list(layer_assignment))
@@ -198,13 +201,32 @@ class SNNet(SNNetFeatures, nn.Module):
     def _cut(self, anchor: int, stage: int, block: int) -> Unit:
         return self._units[anchor][self._unit_index(anchor, stage, block)]
 
+    def _describe_anchor(self, i: int) -> str:
+        return f'{self.anchor_names[i]} ({type(self.anchors[i]).__name__}, {self._families[i].layout})'
+
+    def _check_stages(self, depths: list[list[int]]) -> None:
+        """Anchors stitch stage to stage: they need the same number of stages."""
+        if len({len(d) for d in depths}) > 1:
+            listing = '; '.join(f'{self._describe_anchor(i)}: {len(d)} stage(s) of depths {d}'
+                                for i, d in enumerate(depths))
+            raise ValueError(f'these anchors cannot be stitched: their stage counts differ ({listing}). Stitch '
+                             f'anchors of one family, or families with the same stages (e.g. ResNet -> Swin)')
+
     def _make_layer(self, front: int, back: int, stage: int, device, dtype) -> nn.Module:
         f, b = self._cut(front, stage, 0), self._cut(back, stage, 0)
+        where = f'cannot stitch {self._describe_anchor(front)} onto {self._describe_anchor(back)} in stage {stage}'
         if f.reduction != b.reduction:
-            raise ValueError(f'cannot stitch stage {stage}: {self.anchor_names[front]} runs at 1/{f.reduction} '
-                             f'resolution, {self.anchor_names[back]} at 1/{b.reduction}')
-        return create_stitching_layer(f.channels, b.channels, self._families[front].layout,
-                                      self._families[back].layout, device, dtype, rank=self.stitch_rank)
+            raise ValueError(f'{where}: the front runs at 1/{f.reduction} resolution, the back at 1/{b.reduction}')
+        ff, fb = self._families[front], self._families[back]
+        if ff.layout == fb.layout == 'tokens' and ff.prefix_tokens(self.anchors[front]) != fb.prefix_tokens(
+                self.anchors[back]):
+            raise ValueError(f'{where}: their token sequences differ ({ff.prefix_tokens(self.anchors[front])} and '
+                             f'{fb.prefix_tokens(self.anchors[back])} class / register tokens before the patches)')
+        try:
+            return create_stitching_layer(f.channels, b.channels, ff.layout, fb.layout, device, dtype,
+                                          rank=self.stitch_rank)
+        except ValueError as e:
+            raise ValueError(f'{where}: {e}') from e
 
     def _route(self, c: StitchConfig) -> Route:
         """The segments a config runs: the front's stem and units up to block j, then the back's from block k."""
@@ -572,7 +594,8 @@ class SNNet(SNNetFeatures, nn.Module):
         """Settings that change after construction, as create_model kwargs. timm reads `_model_args` when it saves,
         and that merges these in, so timm's own save_for_hf / push_to_hf_hub keep the active stitch, the sampling
         settings and the stitch table. Add new runtime settings here."""
-        args = dict(stitch_id=self._stitch_id, stitch_seed=self.stitch_seed, stitch_table=self.stitch_table,
+        args = dict(**self._anchor_args, names=list(self.anchor_names),  # in the built order (`snnet` sorts them)
+                    stitch_id=self._stitch_id, stitch_seed=self.stitch_seed, stitch_table=self.stitch_table,
                     sampling_weights=self._sampling_weights if self._explicit_weights else None)
         if self._explicit_weights:  # weights set by hand replace the constructor's sampling rule
             args.update(sampling='uniform', anchor_share=None)
@@ -601,13 +624,15 @@ class SNNet(SNNetFeatures, nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.anchors[self._routes[self._stitch_id].last.anchor].get_classifier()
 
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """Reset every anchor's head."""
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None, **kwargs: Any) -> None:
+        """Reset every anchor's head (`kwargs` such as ConvNeXt's `reset_other` go to the anchors that take them)."""
         for model in self.anchors:
+            accepted = inspect.signature(model.reset_classifier).parameters
+            extra = {k: v for k, v in kwargs.items() if k in accepted}
             if global_pool is None:
-                model.reset_classifier(num_classes)
+                model.reset_classifier(num_classes, **extra)
             else:
-                model.reset_classifier(num_classes, global_pool)
+                model.reset_classifier(num_classes, global_pool, **extra)
         self._costs.clear()
         forget(self)
 

@@ -14,9 +14,9 @@ import timm
 from .. import SNNetLoadError
 from .._anchors import AnchorCheckpointError
 from .._convert import ConversionError
-from . import convert, export, push, run, sweep
+from . import convert, coverage, export, push, run, sweep
 
-COMMANDS = (run, sweep, push, convert, export)
+COMMANDS = (run, sweep, push, convert, export, coverage)
 # what the library raises for bad input: reported as `timm-snnet COMMAND: message` on stderr, exit status 1
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError, ImportError,
                SNNetLoadError, AnchorCheckpointError, ConversionError)

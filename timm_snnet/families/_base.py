@@ -58,6 +58,10 @@ class Family:
     def head(self, model: nn.Module, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return model.forward_head(x, pre_logits=pre_logits)
 
+    def prefix_tokens(self, model: nn.Module) -> int:
+        """Tokens before the patch tokens (class, distillation, register tokens) in the `tokens` layout."""
+        return 0
+
     def check_input(self, model: nn.Module, x: torch.Tensor) -> None:
         """Raise a clear ValueError for inputs the anchor cannot take."""
 

@@ -31,6 +31,9 @@ class ViTFamily(Family):
     def finish(self, model: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
         return model.norm(x)
 
+    def prefix_tokens(self, model: VisionTransformer) -> int:
+        return model.num_prefix_tokens
+
     def check_input(self, model: VisionTransformer, x: torch.Tensor) -> None:
         pe = model.patch_embed
         if pe.strict_img_size and not pe.dynamic_img_pad and tuple(x.shape[-2:]) != tuple(pe.img_size):
