@@ -7,10 +7,18 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test bench lint reproduce clean timm-tests
 
-$(STAMP): pyproject.toml
+BASE := $(VENV)/.installed-base
+
+# the package and what it needs to run (make demo)
+$(BASE): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e . $(TORCH)
+	touch $(BASE)
+
+# plus the test extras and timm's own model tests (make test, make bench)
+$(STAMP): $(BASE)
 	$(BIN)/pip install -q -e ".[test]" $(TORCH)
 	$(MAKE) timm-tests
 	touch $(STAMP)
@@ -24,7 +32,7 @@ timm-tests:
 	tar xzf $(TIMM_TESTS)/timm-*.tar.gz -C $(TIMM_TESTS) --strip-components=2 --wildcards '*/tests/test_models.py'
 	rm $(TIMM_TESTS)/timm-*.tar.gz
 
-demo: $(STAMP)
+demo: $(BASE)
 	HF_HUB_OFFLINE=1 $(BIN)/python examples/demo.py
 
 test: $(STAMP)

@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
+import timm
 import torch
-from huggingface_hub import try_to_load_from_cache
+from huggingface_hub import constants, try_to_load_from_cache
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from timm.models import clean_state_dict, get_pretrained_cfg, parse_model_name
@@ -34,6 +36,7 @@ from timm.models._hub import (
 from torch import nn
 from tqdm.auto import tqdm
 
+from ._errors import SNNetLoadError
 from ._pickle import UnsafeCheckpointError, read_pickle
 from ._utils import file_sha256
 
@@ -261,3 +264,32 @@ def shared_kwargs(anchor: str, common: dict[str, Any]) -> dict[str, Any]:
     if cfg is not None and not cfg.fixed_input_size:
         return {k: v for k, v in common.items() if k != 'img_size'}
     return common
+
+
+def _weights_location(name: str) -> str:
+    cfg = get_pretrained_cfg(name.split('.')[0] if '.' not in name else name)
+    if cfg is None:
+        return 'its timm pretrained weights'
+    if cfg.hf_hub_id:
+        return f"Hub repo '{cfg.hf_hub_id}'"
+    return f"'{cfg.url or cfg.file}'" if (cfg.url or cfg.file) else 'its timm pretrained weights'
+
+
+def create_anchor(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
+    """`timm.create_model` for one anchor; missing pretrained weights raise `SNNetLoadError` naming the anchor, where
+    its weights live and what to do, instead of huggingface_hub's traceback."""
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except (LocalEntryNotFoundError, EntryNotFoundError, RepositoryNotFoundError, HfHubHTTPError, OSError) as e:
+        if not pretrained:
+            raise
+        where = _weights_location(name)
+        if constants.HF_HUB_OFFLINE:
+            problem = f'HF_HUB_OFFLINE=1 and the Hugging Face cache ({constants.HF_HUB_CACHE}) has no copy'
+            todo = 'load it once with network access, or point HF_HUB_CACHE at a cache that holds it'
+        else:
+            problem = f'it could not be downloaded ({type(e).__name__})'
+            todo = 'check the network / HF_ENDPOINT'
+        raise SNNetLoadError(f'cannot load the pretrained weights of anchor {name} from {where}: {problem}; {todo}, '
+                             f'or pass pretrained_anchors=False (random anchors) or anchor_checkpoints=[...] '
+                             f'(your own files)', where, name) from e

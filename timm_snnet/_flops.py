@@ -10,13 +10,16 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
-from fvcore.nn import FlopCountAnalysis
-from fvcore.nn.jit_handles import get_shape
 from timm.models._input import get_model_input_config
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ._routes import owned
+
+with warnings.catch_warnings():  # fvcore scripts a loss with torch.jit.script at import, which torch deprecates
+    warnings.simplefilter('ignore', FutureWarning)
+    from fvcore.nn import FlopCountAnalysis
+    from fvcore.nn.jit_handles import get_shape
 from ._utils import eval_mode
 from .families import Family
 

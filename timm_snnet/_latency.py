@@ -10,7 +10,6 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 from timm.models._input import get_model_input_config
 from torch import nn
-from torch.utils import benchmark
 from tqdm.auto import tqdm
 
 from ._results import load_sweep
@@ -31,6 +30,9 @@ def device_sync(device: torch.device) -> Callable[[], None]:
 
 def _timed(fn: Callable[[], Any], threads: int, min_run_time: float) -> float:
     """Median seconds per call (torch.utils.benchmark, blocked runs after its own block-size estimate)."""
+    # imported when timing: torch.utils.benchmark loads torch's C++ extension tooling (slow, and it logs on import)
+    from torch.utils import benchmark
+
     timer = benchmark.Timer(stmt='fn()', globals={'fn': fn}, num_threads=threads)
     return timer.blocked_autorange(min_run_time=min_run_time).median
 

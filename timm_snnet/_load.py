@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ from timm.models._hub import hf_split, load_model_config_from_path
 
 from ._anchors import AnchorCheckpointError
 from ._errors import SNNetLoadError
-from ._models import HF_HUB_ORG, Mismatch, export_model_args
+from ._models import HF_HUB_ORG, Mismatch, _as_tuple, export_model_args
 from ._snnet import SNNet
 
 __all__ = ['WEIGHTS_NAME', 'CONFIG_NAME', 'load_snnet', 'load_errors', 'hub_kwargs', 'pretrained_errors',
@@ -91,7 +92,7 @@ def _is_snnet(name: str) -> bool:
 
 
 def _snnet_names() -> str:
-    return ', '.join(n for n in timm.list_models('snnet*') if _is_snnet(n))
+    return ', '.join(n for n in timm.list_models('snnet*') if _is_snnet(n))  # snnet, snnet_*, snnetv2_*
 
 
 def _check_architecture(arch: str, src: _Source, expected: Optional[str] = None) -> None:
@@ -280,9 +281,12 @@ def model_from_checkpoint(
 def create_snnet(model_name: str, model_kwargs: Optional[dict] = None, num_classes: Optional[int] = None,
                  **extra: Any) -> torch.nn.Module:
     """`timm.create_model` for an SN-Net by name, with errors that say what was wrong and what is valid."""
-    if not timm.is_model(model_name):
-        snnets = ', '.join(timm.list_models('snnet_*'))
-        raise ValueError(f'unknown model {model_name!r}; registered SN-Nets: {snnets}')
+    source, name = parse_model_name(model_name)
+    if not source and not timm.is_model(name):
+        raise ValueError(f'unknown model {model_name!r}; registered SN-Nets: {_snnet_names()}')
+    if not source and not _is_snnet(name.split('.')[0]):
+        raise ValueError(f'{model_name} is not an SN-Net; registered SN-Nets: {_snnet_names()} (or '
+                         f"timm.create_model('snnet', anchors=(...)) for any timm family)")
     kwargs = {**(model_kwargs or {}), **extra}
     if num_classes is not None:
         kwargs['num_classes'] = num_classes
@@ -293,8 +297,19 @@ def create_snnet(model_name: str, model_kwargs: Optional[dict] = None, num_class
     except AnchorCheckpointError as e:
         raise ValueError(f'cannot create {model_name}: {e}') from e
     if not hasattr(model, 'stitch_configs'):
-        raise ValueError(f'{model_name} is not an SN-Net (no stitch configs); use one of timm.list_models("snnet_*")')
+        raise ValueError(f'{model_name} is not an SN-Net; registered SN-Nets: {_snnet_names()}')
     return model
+
+
+def _class_mismatch(error: str, model: torch.nn.Module) -> Optional[tuple[str, int, int]]:
+    """(classifier key, classes in the file, classes in the model) when a head's size is what does not fit."""
+    classifiers = _as_tuple((getattr(model, 'pretrained_cfg', None) or {}).get('classifier'))
+    pattern = (r'size mismatch for ([\w.]+): copying a param with shape torch.Size\(\[(\d+)[^)]*\) from checkpoint, '
+               r'the shape in current model is torch.Size\(\[(\d+)')
+    for key, file, own in re.findall(pattern, error):
+        if any(key.startswith(c + '.') for c in classifiers):
+            return key, int(file), int(own)
+    return None
 
 
 def load_model(
@@ -315,6 +330,10 @@ def load_model(
     except RuntimeError as e:
         if 'loading state_dict' not in str(e):  # e.g. a pickle that weights_only=True refuses
             raise ValueError(f'cannot read checkpoint {checkpoint}: {e}') from e
+        classes = _class_mismatch(str(e), model)
+        if classes:
+            raise ValueError(f'checkpoint {checkpoint} has {classes[1]} classes ({classes[0]}), {model_name} is built '
+                             f'with {classes[2]}: pass --num-classes {classes[1]} (num_classes={classes[1]})') from e
         detail = str(e).strip().splitlines()
         raise ValueError(
             f'checkpoint {checkpoint} does not fit {model_name} with kwargs {model_kwargs or {}}: '

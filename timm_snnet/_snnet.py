@@ -10,14 +10,13 @@ import json
 import operator
 from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
-import timm
 import torch
 from timm.models._input import get_model_input_config
 from torch import nn
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing as is_fx_tracing
 from tqdm.auto import tqdm
 
-from ._anchors import load_anchor_checkpoints, parse_anchor_checkpoints, shared_kwargs
+from ._anchors import create_anchor, load_anchor_checkpoints, parse_anchor_checkpoints, shared_kwargs
 from ._configs import Route, Rule, Segment, StitchConfig, assign_layers, enumerate_configs
 from ._exported import export_stitch
 from ._features import SNNetFeatures
@@ -135,8 +134,7 @@ class SNNet(SNNetFeatures, nn.Module):
                       global_pool=global_pool, img_size=img_size, device=device, dtype=dtype)
         sources = parse_anchor_checkpoints(anchor_checkpoints, len(anchors))  # bad entries fail before any download
         self.anchors = nn.ModuleList([
-            timm.create_model(name, pretrained=pretrained_anchors and src is None,
-                              **{**shared_kwargs(name, common), **kw})
+            create_anchor(name, pretrained_anchors and src is None, **{**shared_kwargs(name, common), **kw})
             for name, kw, src in zip(anchors, anchor_kwargs, sources)])
         if anchor_checkpoints is not None:
             load_anchor_checkpoints(self.anchors, anchors, anchor_checkpoints)

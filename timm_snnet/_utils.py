@@ -49,10 +49,18 @@ def atomic_folder(output: PathLike, replace: bool = False) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f'.{output.name}.', suffix='.incomplete', dir=output.parent))
     try:
         yield tmp
+        for path in [tmp, *tmp.rglob('*')]:  # mkdtemp (and some writers' temp files) are owner-only: use the umask
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_umask())
         shutil.rmtree(output, ignore_errors=True) if replace else output.exists() and output.rmdir()
         os.replace(tmp, output)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_atomic(path: PathLike, text: str) -> None:

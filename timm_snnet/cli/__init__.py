@@ -9,21 +9,37 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-import timm
-
 from .. import SNNetLoadError
 from .._anchors import AnchorCheckpointError
 from .._convert import ConversionError
+from .._load import create_snnet
 from . import convert, coverage, export, push, run, sweep
 
 COMMANDS = (run, sweep, push, convert, export, coverage)
-# what the library raises for bad input: reported as `timm-snnet COMMAND: message` on stderr, exit status 1
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError, ImportError,
+# what the library raises for bad input: one line `timm-snnet COMMAND: message` on stderr, exit status 2
+USER_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError, ImportError,
                SNNetLoadError, AnchorCheckpointError, ConversionError)
+
+
+class CommandError(SystemExit):
+    """A user error: exits with status 2 after its one-line message was printed (`str()` is the message)."""
+
+    def __init__(self, message: str):
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    return ' '.join(text.split()) or type(e).__name__
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='timm-snnet', description='Stitchable Neural Networks for timm.')
+    parser.add_argument('--debug', action='store_true', help='show the full traceback of an error')
     subparsers = parser.add_subparsers(dest='command', metavar='COMMAND')
     subparsers.required = True
     table = subparsers.add_parser('configs', help='print the config table of a model (id, path, GFLOPs, params)')
@@ -35,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _print_configs(args: argparse.Namespace) -> int:
-    model = timm.create_model(args.model)
+    model = create_snnet(args.model)
     configs = model.stitch_configs()
     width = max(len(model.describe(c)) for c in configs)
     print(f'{"id":>3}  {"path":<{width}} {"GFLOPs":>8} {"params (M)":>11}')
@@ -45,8 +61,13 @@ def _print_configs(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = '--debug' in argv[:argv.index('--')] if '--' in argv else '--debug' in argv
+    if debug:  # accepted anywhere before `--`, not only before the command
+        argv.remove('--debug')
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    args.debug = debug
     if extra and not getattr(args, 'accepts_extra', False):
         parser.error(f'unrecognized arguments: {" ".join(extra)}')
     if getattr(args, 'accepts_extra', False):
@@ -54,7 +75,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return int(args.func(args) or 0)
     except USER_ERRORS as e:
-        raise SystemExit(f'timm-snnet {args.command}: {e}') from e
+        if args.debug:
+            raise
+        message = f'timm-snnet {args.command}: {_one_line(e)}'
+        print(message, file=sys.stderr)
+        raise CommandError(message) from e
 
 
 if __name__ == '__main__':

@@ -4,18 +4,27 @@ An adapter is stateless; it reads a timm model and answers in module names and a
 never learns what a ViT, Swin or ResNet is. Importing this package registers every adapter below.
 """
 from . import (  # noqa: F401  (each registers its adapter)
+    beit,
     byobnet,
     convnext,
+    cspnet,
     efficientnet,
     eva,
+    fastvit,
+    focalnet,
     levit,
+    mambaout,
     maxxvit,
     metaformer,
+    mlp_mixer,
     mobilenetv3,
+    nfnet,
     regnet,
+    repvit,
     resnet,
     resnetv2,
     swin,
+    swin_v2,
     vit,
 )
 from ._base import Family, Layout, Unit, can_stitch, family_for, register_family, registered_families
