@@ -29,7 +29,10 @@ def test_demo_runs_offline(tmp_path, capsys):
     finally:
         torch.set_num_threads(threads)
     out = capsys.readouterr().out
-    assert 'shipped in' in out and 'select_stitch(' in out
+    assert 'shipped in' in out and 'best top-1 within a FLOPs budget' in out
+    picks = [line for line in out.splitlines() if line.lstrip().startswith('<=')]
+    assert len(picks) == 5 and all(line.endswith(('(anchor)', '(stitch)')) for line in picks)
     rows = json.loads((tmp_path / 'sweep.json').read_text())['rows']
     assert [r['id'] for r in rows] == list(range(71)) and all(r['latency_ms_b1'] > 0 for r in rows)
     assert (tmp_path / 'pareto.png').stat().st_size > 0
+    assert json.loads((tmp_path / 'sweep.json').read_text())['architecture'] == 'snnet_deit_tsb'  # the plot's title

@@ -10,6 +10,7 @@ import torch
 from timm.layers import GatedMlp
 from timm.models import register_model
 from timm.models.cspnet import CspStagesCfg, CspStemCfg
+from timm.models.focalnet import FocalNet, _create_focalnet
 from timm.models.mlp_mixer import Affine, MlpMixer, ResBlock, SpatialGatingBlock, _create_mixer
 from torch import nn
 
@@ -25,13 +26,20 @@ def _tiny(sizes, **kw):
 
 
 # timm registers this pretrained cfg with the model below (fixed input size, as its MLP-Mixers)
-default_cfgs = {'snnet_test_mixer': dict(input_size=(3, 32, 32), fixed_input_size=True)}
+default_cfgs = {'snnet_test_mixer': dict(input_size=(3, 32, 32), fixed_input_size=True),
+                'snnet_test_focalnet': dict(input_size=(3, 64, 64))}
 
 
 @register_model
 def snnet_test_mixer(pretrained: bool = False, **kwargs) -> MlpMixer:
     """A tiny MlpMixer (timm's registered mixers fix their size): Mixer blocks unless `block_layer` is given."""
     return _create_mixer('snnet_test_mixer', pretrained, **{**dict(patch_size=8, num_blocks=2, embed_dim=16), **kwargs})
+
+
+@register_model
+def snnet_test_focalnet(pretrained: bool = False, **kwargs) -> FocalNet:
+    """A tiny FocalNet (timm's registered FocalNets fix depths and width)."""
+    return _create_focalnet('snnet_test_focalnet', pretrained, **{**dict(depths=(1, 1, 2, 1), embed_dim=16), **kwargs})
 
 
 RESMLP = dict(mlp_ratio=4, block_layer=ResBlock, norm_layer=Affine)
@@ -64,9 +72,19 @@ PAIRS = {
     'repvit': (dict(anchors=['repvit_m1'] * 2, rule='stage', stages=(1, 2), drop_path_rate=None, anchor_kwargs=[
         dict(depth=(1, 2, 2, 1), embed_dim=(16, 32, 48, 64)), dict(depth=(2, 2, 3, 1), embed_dim=(24, 48, 72, 96))]),
                64),
+    'focalnet': (dict(anchors=['snnet_test_focalnet'] * 2, rule='stage', stages=(1, 2), anchor_kwargs=[
+        dict(), dict(depths=(1, 2, 2, 1), embed_dim=24, focal_levels=(3, 3, 3, 3))]), 64),
+    # downsample + conditional positional encoding in block 0; attention blocks in the last stage
+    'fastvit': (dict(anchors=['fastvit_sa12'] * 2, rule='stage', stages=(1, 2), anchor_kwargs=[
+        dict(layers=(1, 1, 2, 1), embed_dims=(16, 32, 64, 128)), dict(layers=(1, 2, 2, 1), embed_dims=(24, 48, 96, 192))]),
+                64),
+    # XCA blocks take the patch grid; class token and class-attention blocks after the last unit (head-side)
+    'xcit': (dict(anchors=['xcit_nano_12_p8_224'] * 2, rule='window', img_size=32, anchor_kwargs=_tiny(
+        [dict(embed_dim=16), dict(embed_dim=32)], depth=2, num_heads=2)), 32),
+    'hgnet': (dict(anchors=['hgnetv2_b0', 'hgnetv2_b1'], rule='stage', stages=(2,)), 64),
 }
 # features of an anchor equal timm's own forward_intermediates (same taps)
-TIMM_FEATURES = ('mixer', 'resmlp_gmlp', 'beit', 'swinv2', 'darknet', 'mambaout', 'repvit')
+TIMM_FEATURES = ('mixer', 'resmlp_gmlp', 'beit', 'swinv2', 'darknet', 'mambaout', 'repvit', 'focalnet', 'fastvit', 'xcit', 'hgnet')
 _CACHE: dict = {}
 
 
@@ -221,14 +239,19 @@ def test_refused_variants():
     assert not can_stitch(csp) and not can_stitch('cs3darknet_focus_s')
     with pytest.raises(ValueError, match='cross-stage-partial'):
         family_for(csp).units(csp)
-    model, x = build('mixer')
-    with pytest.raises(ValueError, match='fixed image size'):
-        model(torch.randn(1, 3, 48, 48))
+    for name in ('mixer', 'xcit'):
+        with pytest.raises(ValueError, match='fixed image size'):
+            build(name)[0](torch.randn(1, 3, 48, 48))
+    with torch.device('meta'):
+        fork = timm.create_model('fastvit_t8', fork_feat=True)
+    assert not can_stitch(fork)
 
 
 @pytest.mark.parametrize('arch', [
     'mixer_b16_224', 'resmlp_12_224', 'gmlp_s16_224', 'gmixer_24_224', 'beit_base_patch16_224',
     'beitv2_base_patch16_224', 'swinv2_tiny_window8_256', 'darknet53', 'darknetaa53', 'dm_nfnet_f0',
-    'eca_nfnet_l0', 'nf_regnet_b1', 'nf_resnet50', 'mambaout_femto', 'mambaout_base_plus_rw', 'repvit_m0_9', 'repvit_m2_3'])
+    'eca_nfnet_l0', 'nf_regnet_b1', 'nf_resnet50', 'mambaout_femto', 'mambaout_base_plus_rw', 'repvit_m0_9', 'repvit_m2_3',
+    'focalnet_tiny_srf', 'focalnet_huge_fl4', 'fastvit_t8', 'fastvit_ma36', 'fastvit_mci0', 'fastvit_mci4',
+    'xcit_nano_12_p16_224', 'xcit_large_24_p8_384', 'hgnet_tiny', 'hgnetv2_b6'])
 def test_can_stitch_pretrained_architectures(arch):
     assert can_stitch(arch)

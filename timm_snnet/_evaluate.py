@@ -6,9 +6,19 @@ Command line: `timm-snnet init | sweep | plot | select` (`timm_snnet.cli.sweep`)
 - `init` least-squares initialises the stitching layers on training images (the model's eval transforms) and writes
   a `.safetensors` checkpoint for train.py's `--initial-checkpoint`. It runs once, before training, so every DDP
   rank starts from the same weights.
-- `sweep` evaluates each selected stitch on an ImageFolder split and writes `OUT/sweep.json` and `OUT/sweep.csv`
-  after every stitch. A re-run resumes only when model, kwargs, checkpoint hash, data, transforms, device, batch
-  size and latency settings all match the recorded ones; otherwise it recomputes everything.
+- `sweep` evaluates each selected stitch on an ImageFolder split (anything timm's `create_dataset` reads, with the
+  model's eval transform) and writes `OUT/sweep.json` and `OUT/sweep.csv` after every stitch (each replaced
+  atomically). A re-run resumes only when model, kwargs, checkpoint hash, data, transforms, device, batch size and
+  latency settings all match the recorded ones (the fingerprint); otherwise one process moves the old file to
+  sweep.json.bak and recomputes everything, and a process group refuses to start (see below).
+- `torchrun --nproc_per_node N [--nnodes M ...] -m timm_snnet.cli sweep ...` (the same arguments) splits the images
+  across the ranks in whole batches of the one-process order (`timm_snnet._dist`: why by data and not by config),
+  sums the integer correct counts, and rank 0 writes the same files, with the only progress bar; the counts, top-1
+  and top-5 are those of one process, whatever N. Every rank must see the same checkpoint and data (checked).
+  After a killed rank the same command resumes after the last recorded stitch; results recorded with another
+  model, checkpoint, data or settings are refused with what changed, never mixed or silently overwritten (a
+  cluster run is too costly to discard on a typo). Latency is per device, measured by `profile`: a sharded sweep
+  records `"latency": null` and no latency columns, and says so in one line.
 - `plot` draws top-1 against GFLOPs or latency with the Pareto front; `select` picks the best stitch in a budget.
 
 sweep.json (also read by the Hub model card):
@@ -22,15 +32,18 @@ sweep.json (also read by the Hub model card):
                      "crop_pct": float, "crop_mode": str, "eval": str},
       "device": "cuda", "device_name": str,
       "batch_size": 64,                              # eval batch and the N of latency_ms_bN
-      "latency": {"warmup": 5, "iters": 20, "stat": "median"},
+      "latency": {"warmup": 5, "iters": 20, "stat": "median", "threads": 1},  # null under a process group
       "anchors": [0, 1, 2],                          # ids of the anchor configs
       "rows": [{"id": 0, "path": "Ti", "gflops": 1.258, "params": 5717416, "top1": 72.1, "top5": 91.0,
-                "latency_ms_b1": 4.1, "latency_ms_bN": 21.7}, ...]
+                "latency_ms_b1": 4.1, "latency_ms_bN": 21.7, "top1_correct": 7210, "top5_correct": 9100,
+                "num_images": 10000}, ...]
     }
 
 Rows are sorted by id; `top1`/`top5` are percentages, `gflops` is fvcore's count at batch 1 (one multiply-add is
-one FLOP), `params` counts the parameters on the config's path, latencies are median milliseconds per forward.
-`sweep.csv` holds the same rows, one per stitch.
+one FLOP), `params` counts the parameters on the config's path, latencies are median milliseconds per forward with
+`threads` torch threads (`--threads`, default 1: at the default count on a busy machine latency is noise);
+`top1_correct`, `top5_correct` and `num_images` are the exact counts behind top-1/top-5. `sweep.csv` holds the
+same rows, one per stitch (the columns of `timm_snnet._results.ROW_KEYS`).
 """
 from __future__ import annotations
 
@@ -47,13 +60,19 @@ from timm.data.model_config import resolve_input_data_config
 from tqdm.auto import tqdm
 
 from ._anchors import anchor_checkpoint_records
+from ._dist import Ranks, batch_shard, join
 from ._latency import device_name, measure_latency, resolve_device
 from ._load import create_snnet, load_model
-from ._results import ROW_KEYS, jsonable, load_sweep, write_results
+from ._results import ROW_KEYS as _RESULT_ROW_KEYS
+from ._results import jsonable, load_sweep, write_results
 from ._selection import parse_stitches
 from ._utils import file_sha256
 
-__all__ = ['ROW_KEYS', 'init_checkpoint', 'sweep', 'evaluate']
+__all__ = ['ROW_KEYS', 'COUNT_KEYS', 'Accuracy', 'init_checkpoint', 'sweep', 'evaluate']
+
+COUNT_KEYS = ('top1_correct', 'top5_correct', 'num_images')  # the exact counts behind top1/top5
+ROW_KEYS = (*_RESULT_ROW_KEYS, *COUNT_KEYS)  # a sweep.json row (sweep.csv holds _results.ROW_KEYS)
+_LATENCY_KEYS = ('latency_ms_b1', 'latency_ms_bN')
 
 _RESUME_KEYS = ('model', 'model_kwargs', 'checkpoint', 'data', 'transforms', 'device', 'batch_size', 'latency')
 _IGNORED_FOR_RESUME = {'checkpoint': ('path',), 'data': ('root',)}  # moving files does not change results
@@ -163,9 +182,25 @@ def init_checkpoint(
 
 
 # --- sweep ---------------------------------------------------------------------------------------------------------
+class Accuracy(tuple):
+    """`(top1, top5)` in percent, as `evaluate` has always returned, carrying the exact counts behind them:
+    `top1_correct`, `top5_correct` and `num_images` (percentages are nan for no images)."""
+    top1_correct: int
+    top5_correct: int
+    num_images: int
+
+    def __new__(cls, top1_correct: int, top5_correct: int, num_images: int) -> Accuracy:
+        def pct(c: int) -> float:
+            return 100.0 * c / num_images if num_images else float('nan')
+
+        self = super().__new__(cls, (pct(top1_correct), pct(top5_correct)))
+        self.top1_correct, self.top5_correct, self.num_images = int(top1_correct), int(top5_correct), int(num_images)
+        return self
+
+
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, loader, device: torch.device, stitch_id: int) -> tuple[float, float]:
-    """Top-1 and top-5 (percent) of one stitch over a loader."""
+def evaluate(model: torch.nn.Module, loader, device: torch.device, stitch_id: int) -> Accuracy:
+    """Top-1 and top-5 (percent) of one stitch over a loader, with the counts (`Accuracy.top1_correct`, ...)."""
     model.eval()
     model.set_stitch(stitch_id)
     correct1 = correct5 = seen = 0
@@ -177,7 +212,7 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device, stitch_id: in
         correct1 += int(hits[:, :1].sum())
         correct5 += int(hits.sum())
         seen += len(target)
-    return 100.0 * correct1 / seen, 100.0 * correct5 / seen
+    return Accuracy(correct1, correct5, seen)
 
 
 def _resume_view(header: dict[str, Any]) -> dict[str, Any]:
@@ -188,9 +223,87 @@ def _resume_view(header: dict[str, Any]) -> dict[str, Any]:
     return jsonable(view)
 
 
+def _short(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= 24 else text[:12] + '...'
+
+
+def _changes(old_view: dict[str, Any], new_view: dict[str, Any]) -> tuple[list[str], str]:
+    """The resume keys that differ between two resume views, and what changed in each, in words."""
+    keys, details = [], []
+    for k in _RESUME_KEYS:
+        old, new = old_view.get(k), new_view.get(k)
+        if old == new:
+            continue
+        keys.append(k)
+        if isinstance(old, dict) and isinstance(new, dict):
+            details += [f'{k}.{s} {_short(old.get(s))} -> {_short(new.get(s))}' for s in sorted({*old, *new})
+                        if old.get(s) != new.get(s)]
+        else:
+            details.append(f'{k} {_short(old)} -> {_short(new)}')
+    return keys, '; '.join(details)
+
+
 def _mismatch(recorded: dict[str, Any], header: dict[str, Any]) -> list[str]:
-    old, new = _resume_view(recorded), _resume_view(header)
-    return [k for k in _RESUME_KEYS if old.get(k) != new.get(k)]
+    return _changes(_resume_view(recorded), _resume_view(header))[0]
+
+
+def _required_keys(header: dict[str, Any]) -> tuple[str, ...]:
+    """What a recorded row needs to count as done: latency only when this sweep measures it."""
+    return tuple(k for k in ROW_KEYS if header.get('latency') is not None or k not in _LATENCY_KEYS)
+
+
+def _recorded_rows(out: Path, header: dict[str, Any], selected: Sequence[int], refuse: bool,
+                   log: Callable[[str], None]) -> dict[int, dict]:
+    """Finished rows of OUT/sweep.json that this sweep may keep. A file recorded with other settings is refused
+    (`refuse`, under a process group) or moved to sweep.json.bak (one process: the sweep starts over)."""
+    path = out / 'sweep.json'
+    if not path.is_file():
+        return {}
+    recorded = load_sweep(path)
+    keys, details = _changes(_resume_view(recorded), _resume_view(header))
+    if keys and refuse:
+        raise ValueError(f'{path} was recorded with a different {", ".join(keys)} ({details}): refusing to mix its '
+                         f'results with this run. Re-run with the recorded model, checkpoint, data and settings to '
+                         f'resume, or pass a new --output (or move {path} away) to start over.')
+    if keys:
+        os.replace(path, out / 'sweep.json.bak')
+        log(f'{path} was recorded with a different {", ".join(keys)}: recomputing (old results moved to '
+            f'sweep.json.bak)')
+        return {}
+    need = _required_keys(header)
+    rows = {r['id']: r for r in recorded['rows'] if isinstance(r, dict) and all(k in r for k in need)}
+    log(f'resuming {path}: {sum(k in rows for k in selected)} of {len(selected)} selected stitches already measured')
+    return rows
+
+
+def _device_name(dev: torch.device) -> str:
+    # _latency.device_name calls torch.cuda.getdevice_name (no such function) for CUDA
+    return torch.cuda.get_device_name(dev) if dev.type == 'cuda' else device_name(dev)
+
+
+def _latencies(model: torch.nn.Module, input_size: tuple, batch_size: int, dev: torch.device, warmup: int,
+               iters: int, threads: int) -> dict[str, float]:
+    """Batch-1 and batch-N latency of the active stitch with `threads` torch threads (then the previous count)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return {f'latency_ms_b{n}': round(measure_latency(model, input_size, b, dev, warmup, iters), 4)
+                for n, b in (('1', 1), ('N', batch_size))}
+    finally:
+        torch.set_num_threads(before)
+
+
+def _check_sweep_args(output_dir: PathLike, batch_size: int, workers: int, latency_warmup: int, latency_iters: int,
+                      threads: int) -> None:
+    """Every argument that needs no file read, checked before any work."""
+    for name, value, least in (('--batch-size', batch_size, 1), ('--workers', workers, 0),
+                               ('--latency-warmup', latency_warmup, 0), ('--latency-iters', latency_iters, 1),
+                               ('--threads', threads, 1)):
+        if not isinstance(value, int) or value < least:
+            raise ValueError(f'{name} must be an integer >= {least}, got {value!r}')
+    if Path(output_dir).exists() and not Path(output_dir).is_dir():
+        raise ValueError(f'--output {output_dir} is a file; pass a folder for sweep.json and sweep.csv')
 
 
 def sweep(
@@ -208,76 +321,120 @@ def sweep(
         workers: int = 2,
         latency_warmup: int = 5,
         latency_iters: int = 20,
+        threads: int = 1,
         progress: bool = True,
         log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Measure top-1, top-5, GFLOPs, params and latency (batch 1 and `batch_size`) of each selected stitch.
+    """Measure top-1, top-5 (with the correct counts), GFLOPs, params and latency (batch 1 and `batch_size`, with
+    `threads` torch threads) of each selected stitch.
 
     Results go to OUT/sweep.json and OUT/sweep.csv after every stitch, so an interrupted sweep resumes where it
-    stopped, but only when everything that determines the numbers is unchanged (see the module docstring).
+    stopped, but only when everything that determines the numbers is unchanged (see the module docstring). Under
+    `torchrun` the images are split across the ranks (`timm_snnet._dist`), rank 0 writes, latency is left to
+    `profile`; every rank returns the same result.
     """
-    if batch_size < 1:
-        raise ValueError(f'--batch-size must be >= 1, got {batch_size}')
-    dataset = _dataset(data_dir, split, (model_kwargs or {}).get('in_chans', 3))  # fail before hashing a checkpoint
-    model = load_model(model_name, checkpoint, model_kwargs, num_classes, use_ema)
+    _check_sweep_args(output_dir, batch_size, workers, latency_warmup, latency_iters, threads)
+    ranks, dev = join(device)  # a process group under torchrun; else one process, the device resolved here
     try:
-        selected = parse_stitches(stitches, model.num_configs)
-    except ValueError as e:
-        raise ValueError(f'{e} ({model_name} has {model.num_configs} configs)') from e
-    dev = resolve_device(device)
-    data_config = _data_config(model)
-    data = _data_record(dataset, data_dir, split)
-    if data['num_classes'] > model.num_classes:
-        raise ValueError(f'{data_dir} has {data["num_classes"]} classes but {model_name} predicts {model.num_classes}; '
-                         f'pass --num-classes (and the checkpoint trained for it)')
-    loader = _loader(dataset, data_config, batch_size, workers, device=dev)
-    configs = model.stitch_configs(data_config['input_size'])
-    header = dict(
-        model=model_name, model_kwargs=jsonable(model_kwargs or {}),
-        checkpoint=dict(path=str(Path(checkpoint).resolve()), sha256=file_sha256(checkpoint), use_ema=use_ema),
-        data=data,
-        transforms={**jsonable(data_config), 'eval': ' '.join(str(dataset.transform).split())},
-        device=str(dev), device_name=device_name(dev), batch_size=batch_size,
-        latency=dict(warmup=latency_warmup, iters=latency_iters, stat='median'),
-        anchors=[c.id for c in configs if c.is_anchor],
-    )
-    if num_classes is not None:
-        header['model_kwargs'] = {**header['model_kwargs'], 'num_classes': num_classes}
+        dev = dev if dev is not None else resolve_device(device)
+        return _sweep(ranks, dev, model_name, checkpoint, data_dir, output_dir, stitches, batch_size, model_kwargs,
+                      num_classes, split, use_ema, workers, latency_warmup, latency_iters, threads, progress, log)
+    finally:
+        ranks.close()
+
+
+def _sweep(ranks: Ranks, dev: torch.device, model_name: str, checkpoint: PathLike, data_dir: PathLike,
+           output_dir: PathLike, stitches: str, batch_size: int, model_kwargs: Optional[dict],
+           num_classes: Optional[int], split: str, use_ema: bool, workers: int, latency_warmup: int,
+           latency_iters: int, threads: int, progress: bool, log: Callable[[str], None]) -> dict[str, Any]:
+    if not ranks.main:
+        log = lambda msg: None  # noqa: E731  (rank 0 speaks for the group)
+    with ranks.together():  # a rank that cannot read its data or checkpoint stops every rank
+        dataset = _dataset(data_dir, split, (model_kwargs or {}).get('in_chans', 3))  # before hashing a checkpoint
+        model = load_model(model_name, checkpoint, model_kwargs, num_classes, use_ema)
+        try:
+            selected = parse_stitches(stitches, model.num_configs)
+        except ValueError as e:
+            raise ValueError(f'{e} ({model_name} has {model.num_configs} configs)') from e
+        data_config = _data_config(model)
+        data = _data_record(dataset, data_dir, split)
+        if data['num_classes'] > model.num_classes:
+            raise ValueError(f'{data_dir} has {data["num_classes"]} classes but {model_name} predicts '
+                             f'{model.num_classes}; pass --num-classes (and the checkpoint trained for it)')
+        shard = batch_shard(len(dataset), batch_size, ranks.rank, ranks.world_size) if ranks.distributed else None
+        loader = _loader(dataset, data_config, batch_size, workers, shard, device=dev)
+        configs = model.stitch_configs(data_config['input_size'])
+        header = dict(
+            model=model_name, model_kwargs=jsonable(model_kwargs or {}),
+            checkpoint=dict(path=str(Path(checkpoint).resolve()), sha256=file_sha256(checkpoint), use_ema=use_ema),
+            data=data,
+            transforms={**jsonable(data_config), 'eval': ' '.join(str(dataset.transform).split())},
+            device=dev.type if ranks.distributed else str(dev), device_name=_device_name(dev), batch_size=batch_size,
+            # under a process group the ranks share cores and buses: latency is `profile`'s job (per device)
+            latency=None if ranks.distributed else dict(warmup=latency_warmup, iters=latency_iters, stat='median',
+                                                        threads=threads),
+            anchors=[c.id for c in configs if c.is_anchor],
+        )
+        if num_classes is not None:
+            header['model_kwargs'] = {**header['model_kwargs'], 'num_classes': num_classes}
+    views = ranks.gather(_resume_view(header))
+    for r, view in enumerate(views):
+        keys, details = _changes(views[0], view)
+        if keys:
+            raise ValueError(f'rank {r} sees a different {", ".join(keys)} than rank 0 ({details}): every rank must '
+                             f'read the same checkpoint and data with the same settings')
 
     out = Path(output_dir)
     rows: dict[int, dict] = {}
-    if (out / 'sweep.json').is_file():
-        recorded = load_sweep(out / 'sweep.json')
-        changed = _mismatch(recorded, header)
-        if changed:
-            os.replace(out / 'sweep.json', out / 'sweep.json.bak')
-            log(f'{out / "sweep.json"} was recorded with a different {", ".join(changed)}: recomputing '
-                f'(old results moved to sweep.json.bak)')
-        else:
-            rows = {r['id']: r for r in recorded['rows'] if all(k in r for k in ROW_KEYS)}
-            done = sum(k in rows for k in selected)
-            log(f'resuming {out / "sweep.json"}: {done} of {len(selected)} selected stitches already measured')
-    todo = [k for k in selected if k not in rows]
+    with ranks.together():
+        if ranks.main:  # only rank 0 reads and writes OUT (it may live on rank 0's machine only)
+            rows = _recorded_rows(out, header, selected, ranks.distributed, log)
+    todo = ranks.broadcast([k for k in selected if k not in rows] if ranks.main else None)
+    if ranks.distributed:
+        sizes = ranks.gather(len(shard))
+        log(f'sweep: {len(todo)} of {len(selected)} stitches to evaluate on {ranks.world_size} ranks, each on whole '
+            f'batches of {batch_size} ({"+".join(map(str, sizes))} = {data["num_images"]} images): '
+            f'{_id_ranges(todo)}')
+        log(f'sweep: latency not measured under a process group (the ranks share this machine); measure it per device '
+            f'with `timm-snnet profile --model {model_name} --checkpoint ... --batch-sizes 1,{batch_size} --merge '
+            f'{out}`')
 
     model.to(dev)
     input_size = tuple(data_config['input_size'])
-    bar = tqdm(todo, desc='sweep', unit='stitch', disable=not progress)
-    for k in bar:
+    bar = tqdm(todo, desc='sweep', unit='stitch', disable=not (progress and ranks.main))
+    for done, k in enumerate(bar, 1):
         c = configs[k]
-        top1, top5 = evaluate(model, loader, dev, k)
-        rows[k] = dict(
-            id=k, path=model.describe(c), gflops=round(c.gflops, 6), params=int(c.params),
-            top1=round(top1, 4), top5=round(top5, 4),
-            latency_ms_b1=round(measure_latency(model, input_size, 1, dev, latency_warmup, latency_iters), 4),
-            latency_ms_bN=round(measure_latency(model, input_size, batch_size, dev, latency_warmup, latency_iters), 4),
-        )
-        bar.set_postfix(id=k, top1=f'{top1:.2f}')
-        write_results(out, {**header, 'rows': list(rows.values())})
-    missing = [k for k in selected if k not in rows]
+        acc = evaluate(model, loader, dev, k)
+        correct1, correct5, seen = ranks.all_sum((acc.top1_correct, acc.top5_correct, acc.num_images))
+        if seen != data['num_images']:  # never drop or double-count an image
+            raise RuntimeError(f'stitch {k} saw {seen} images, the data has {data["num_images"]}')
+        row = dict(id=k, path=model.describe(c), gflops=round(c.gflops, 6), params=int(c.params),
+                   top1=round(100.0 * correct1 / seen, 4), top5=round(100.0 * correct5 / seen, 4),
+                   top1_correct=correct1, top5_correct=correct5, num_images=seen)
+        if header['latency'] is not None:
+            row.update(_latencies(model, input_size, batch_size, dev, latency_warmup, latency_iters, threads))
+        if ranks.main:
+            rows[k] = row
+            write_results(out, {**header, 'rows': list(rows.values())})
+        bar.set_postfix(id=k, top1=f'{row["top1"]:.2f}')
+        ranks.kill_point(done)
+    result = None
+    if ranks.main:
+        result = {**header, 'rows': sorted(rows.values(), key=lambda r: r['id'])}
+        write_results(out, result)
+    result = ranks.broadcast(result)
+    missing = [k for k in selected if k not in {r['id'] for r in result['rows']}]
     if missing:  # never skip a config silently
         raise RuntimeError(f'stitches {missing} have no results')
-    result = {**header, 'rows': sorted(rows.values(), key=lambda r: r['id'])}
-    write_results(out, result)
     return result
 
 
+def _id_ranges(ids: Sequence[int]) -> str:
+    """`[0, 1, 2, 5]` -> `0-2,5` (as --stitches reads it)."""
+    parts: list[list[int]] = []
+    for k in ids:
+        if parts and k == parts[-1][1] + 1:
+            parts[-1][1] = k
+        else:
+            parts.append([k, k])
+    return ','.join(f'{a}-{b}' if b > a else f'{a}' for a, b in parts) or 'none'

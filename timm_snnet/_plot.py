@@ -47,6 +47,10 @@ def plot_sweep(
         output = base / f'pareto_{x}.png'
     output = Path(output)
 
+    scale = 1.0
+    if key == 'gflops' and max(r[key] for r in rows) < 0.1:  # small models: MFLOPs, as the tables print them
+        scale, label = 1e3, 'MFLOPs'
+        rows = [{**r, key: r[key] * scale} for r in rows]
     fig = Figure(figsize=(7, 4.8), dpi=110, layout='constrained')
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -54,7 +58,7 @@ def plot_sweep(
         if key != 'gflops':
             raise ValueError('reference points carry FLOPs only: use --x gflops with --reference')
         ref = read_reference(reference)
-        ax.scatter([r['gflops'] for r in ref], [r['top1'] for r in ref], s=22, facecolors='none',
+        ax.scatter([r['gflops'] * scale for r in ref], [r['top1'] for r in ref], s=22, facecolors='none',
                    edgecolors='0.55', label='official (paper)', zorder=1)
     stitched = [r for r in rows if r['id'] not in anchors]
     ax.scatter([r[key] for r in stitched], [r[y] for r in stitched], s=16, color='tab:blue', alpha=0.75,
@@ -67,18 +71,30 @@ def plot_sweep(
     marked = [r for r in rows if r['id'] in anchors]
     ax.scatter([r[key] for r in marked], [r[y] for r in marked], marker='*', s=160, color='tab:red',
                edgecolors='k', linewidths=0.5, label='anchors', zorder=4)
+    labelled = set(front) if y == 'top1' else {r['id'] for r in rows}  # ids on the front only: no pile of labels
     for r in rows:
-        ax.annotate(str(r['id']), (r[key], r[y]), xytext=(2, 2), textcoords='offset points', fontsize=6)
+        if r['id'] in labelled and r['id'] not in anchors:
+            ax.annotate(str(r['id']), (r[key], r[y]), xytext=(3, 3), textcoords='offset points', fontsize=7)
     for r in marked:
         ax.annotate(str(r.get('path', r['id'])), (r[key], r[y]), xytext=(6, -10), textcoords='offset points',
                     fontsize=8, color='tab:red')
     ax.set_xlabel(label)
     ax.set_ylabel('top-1 (%)' if y == 'top1' else 'GFLOPs')
+    if y == 'top1':
+        ax.text(0.01, 0.01, 'labels: ids on the Pareto front', transform=ax.transAxes, fontsize=7, color='0.4')
     measured = result.get('profile') or result  # latencies merged from `timm-snnet profile` name its device
     where = f' on {measured.get("device_name") or measured.get("device")}' if key != 'gflops' else ''
-    ax.set_title(f'{result.get("model", "SN-Net")}: {len(rows)} configs{where}', fontsize=10)
+    ax.set_title(f'{_model_title(result)}: {len(rows)} configs{where}', fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc='lower right')
     output.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(output)
     return output
+
+
+def _model_title(result: dict) -> str:
+    """The model's name: its architecture (`architecture` key) or registry name, never a local path."""
+    model = str(result.get('architecture') or result.get('model') or 'SN-Net')
+    if model.startswith(('local-dir:', 'file:')) or '/' in model and not model.startswith('hf-hub:'):
+        return Path(model.split(':', 1)[-1]).name
+    return model

@@ -25,7 +25,7 @@ from ._routes import finish_route, owned, route_names, run_route, run_units
 from ._sampling import SAMPLINGS, Sampling, ros_weights
 from ._selection import select_stitch
 from ._stitching import LeastSquares, average_affine, create_stitching_layer, to_rows
-from ._training import JoinOffPath, anchor_share_weights, check_off_path, distributed, forget, ledger
+from ._training import JoinOffPath, anchor_share_weights, check_off_path, distributed, forget, join_ddp, ledger
 from ._utils import eval_mode
 from .families import Family, Unit, family_for
 
@@ -480,6 +480,8 @@ class SNNet(SNNetFeatures, nn.Module):
             k = self._stitch_id
         x = self._head(self._features(x, k), k)
         if self.training and torch.is_grad_enabled() and (self.off_path == 'zero' or distributed()):
+            if self.off_path == 'skip' and not tracing:
+                join_ddp(self)  # inside DDP: its buckets are all-reduced only where the sampled paths are
             x = self._join_off_path(x, k, tracing)
         return x
 

@@ -12,11 +12,29 @@ optimizer step used gets no update at all (no weight decay, no momentum), as in 
   accumulation works), so the optimizer skips them there too.
 `off_path='zero'` keeps this package's v1 behaviour: off-path parameters get exact zero gradients every step, and
 optimizers update them (weight decay, momentum).
+
+Communication under DDP (`off_path='skip'`): DDP's reducer would all-reduce every gradient bucket of the whole SN-Net
+each step, though off-path slots hold zeros on every rank and every rank knows which (all draw the same stitches).
+At its first training forward inside a `DistributedDataParallel`, an SN-Net registers a DDP communication hook
+(`path_comm_hook`) on it. It finds that DDP without any change to train.py: DDP runs the wrapped module's forward
+inside `DistributedDataParallel._inside_ddp_forward()`, which sets the class attribute
+`DistributedDataParallel._active_ddp_module` to itself (torch keeps it for TorchDynamo's DDP optimizer), so
+`SNNet.forward` reads the DDP that is running it. For each bucket the hook all-reduces only the slice from the first
+to the last parameter on the union of the routes used since the last optimizer step (the ledger below; with
+gradient accumulation under `no_sync`, that union is what the synchronising backward carries), scaled by 1/world
+first exactly as DDP's reducer does; a bucket with nothing on that union is returned as it is (zeros), without
+communication. Off the union every rank holds zeros (undefined gradients zero-filled by the reducer), and the
+optimizer pre-hook sets those gradients to None anyway, so parameters and optimizer state are bit-identical to the
+full all-reduce. Where the hook cannot be installed safely (the DDP already has a communication hook, e.g. mixed
+precision or compression hooks; the SN-Net is not inside the running DDP; DDP under torch.compile's python reducer,
+which sets no active module; `ddp.join()` for uneven inputs at backward time) one line is logged and every bucket is
+all-reduced as before.
 """
 from __future__ import annotations
 
+import logging
 import weakref
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import torch
 import torch.distributed as dist
@@ -24,6 +42,8 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 if TYPE_CHECKING:
     from ._snnet import SNNet
+
+_logger = logging.getLogger(__name__)
 
 OFF_PATH_MODES = ('skip', 'zero')
 
@@ -97,9 +117,19 @@ class PathLedger:
             self.on_ids[stitch_id] = frozenset(i for i in self.params if i not in off)
         self.used.add(stitch_id)
 
+    def on_union(self) -> frozenset[int]:
+        """Ids of this model's parameters on some route used since the last optimizer step."""
+        key = frozenset(self.used)
+        if self._union_key != key:
+            self._union_key, self._union = key, frozenset().union(*(self.on_ids[k] for k in key))
+        return self._union
+
+    _union_key: Optional[frozenset] = None
+    _union: frozenset = frozenset()
+
     def drop_unused_grads(self, optimizer: torch.optim.Optimizer) -> None:
         """Set `grad = None` on this model's parameters in `optimizer` that no forward since the last step used."""
-        on = frozenset().union(*(self.on_ids[k] for k in self.used))
+        on = self.on_union()
         for group in optimizer.param_groups:
             for p in group['params']:
                 if p.grad is not None and self.params.get(id(p)) is p and id(p) not in on:
@@ -131,3 +161,145 @@ def _skip_off_path(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
 
 _hook = register_optimizer_step_pre_hook(_skip_off_path)
 
+
+
+# --- DDP: communicate only the sampled paths ------------------------------------------------------------------------
+class PathComm:
+    """State of `path_comm_hook` on one DDP: the SN-Nets inside it, per-bucket slices, and byte counts.
+
+    Counts (cumulative; take differences per step): `bytes_reduced` all-reduced by the hook, `bytes_full` what DDP's
+    default hook would have all-reduced, `bytes_buckets` the whole buckets with something on a used route (what
+    skipping whole buckets only would send), `buckets` / `buckets_skipped` seen / not communicated, `syncs`
+    backward passes that synchronised (the last bucket of each).
+
+    With 2 ranks (or 1) the hook all-reduces the slice of a bucket between its first and last on-path parameter:
+    a sum of two addends does not depend on how the collective splits the buffer, so this is bit-exact. With more
+    ranks a ring all-reduce's summation order depends on the chunking, so a bucket is all-reduced whole or not at
+    all, which keeps the result bit-identical to DDP's own all-reduce.
+    """
+
+    def __init__(self, ddp: torch.nn.Module):
+        self.group = ddp.process_group
+        self.world = self.group.size()
+        self.ddp = weakref.ref(ddp)  # the reducer holds this state: no strong cycle through it
+        self.models: list[weakref.ref] = []
+        self.slices: dict[tuple, tuple[int, int]] = {}
+        self.whole = self.world > 2  # see the class docstring
+        self.bytes_reduced = self.bytes_full = self.bytes_buckets = self.buckets = self.buckets_skipped = 0
+        self.syncs = 0
+
+    def add(self, model: SNNet) -> None:
+        if not any(r() is model for r in self.models):
+            self.models.append(weakref.ref(model))
+
+    def holds(self, model: SNNet) -> bool:
+        return any(r() is model for r in self.models)
+
+    def _paths(self) -> tuple:
+        """Per SN-Net in this DDP whose off-path slots are known zeros: (ledger, union key); others count as on."""
+        out = []
+        for ref in self.models:
+            model = ref()
+            book = None if model is None or model.off_path != 'skip' else _LEDGERS.get(model)
+            if book is not None and book.used:
+                out.append((book, frozenset(book.used)))
+        return tuple(out)
+
+    def slice(self, bucket) -> tuple[int, int]:
+        """[start, stop) elements of the bucket from its first to its last parameter on a used route ((0, 0): none)."""
+        params = bucket.parameters()
+        paths = self._paths()
+        key = (tuple(map(id, params)), tuple((id(b), u) for b, u in paths))
+        found = self.slices.get(key)
+        if found is None:
+            books = [b for b, _ in paths]
+            unions = [b.on_union() for b in books]
+            base, lo, hi = bucket.buffer().storage_offset(), None, 0
+            for p, g in zip(params, bucket.gradients()):
+                owner = next((i for i, b in enumerate(books) if b.params.get(id(p)) is p), None)
+                if owner is None or id(p) in unions[owner]:  # not an SN-Net's (or unknown): always communicated
+                    start = g.storage_offset() - base
+                    lo, hi = start if lo is None else min(lo, start), max(hi, start + g.numel())
+            if len(self.slices) > 4096:
+                self.slices.clear()
+            found = (0, 0) if lo is None else (0, bucket.buffer().numel()) if self.whole else (lo, hi)
+            self.slices[key] = found
+        return found
+
+
+def path_comm_hook(state, bucket):  # no annotations: DDP checks them against dist.GradBucket / Future[Tensor]
+    """DDP communication hook: all-reduce (average) only the bucket's slice on the routes used since the last step."""
+    buf = bucket.buffer()
+    ddp = state.ddp()
+    size = buf.numel() * buf.element_size()
+    state.buckets += 1
+    state.bytes_full += size
+    state.syncs += bucket.is_last()
+    joining = ddp is None or ddp._join_config.enable  # uneven inputs: joined ranks shadow every bucket in full
+    lo, hi = (0, buf.numel()) if joining or buf.is_sparse else state.slice(bucket)
+    if hi <= lo:
+        state.buckets_skipped += 1
+        fut = torch.futures.Future()
+        fut.set_result(buf)
+        return fut
+    part = buf if (lo, hi) == (0, buf.numel()) else buf[lo:hi]
+    state.bytes_buckets += size
+    state.bytes_reduced += part.numel() * part.element_size()
+    part.mul_(1.0 / state.world)  # DDP's reducer multiplies by 1 / world size while it fills the bucket
+
+    def done(fut: torch.futures.Future) -> torch.Tensor:
+        fut.value()  # raises if the all-reduce failed
+        return buf
+
+    return dist.all_reduce(part, group=state.group, async_op=True).get_future().then(done)
+
+
+_COMMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # DDP -> PathComm, or None where refused
+_NOTED: weakref.WeakSet = weakref.WeakSet()  # models told once that they run outside DDP
+
+
+def _refusal(ddp: torch.nn.Module, model: SNNet) -> Optional[str]:
+    if getattr(ddp, 'reducer', None) is None or getattr(ddp, '_delay_all_reduce_all_params', False):
+        return 'this DDP has no reducer of its own (delay_all_reduce / python reducer)'
+    if getattr(ddp, '_comm_hooks', None):
+        names = ', '.join(getattr(h, '__qualname__', repr(h)) for h, _ in ddp._comm_hooks)
+        return f'this DDP already has a communication hook ({names}); DDP takes one'
+    if not any(m is model for m in ddp.module.modules()):
+        return 'the running DistributedDataParallel does not wrap this SN-Net'
+    return None
+
+
+def join_ddp(model: SNNet) -> None:
+    """At a training forward under a process group (off_path='skip'): install `path_comm_hook` on the DDP running it.
+
+    The DDP is `DistributedDataParallel._active_ddp_module`, which DDP sets around its call of the wrapped module.
+    Once per DDP; a refusal is logged once and leaves DDP's own full all-reduce in place.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    ddp = getattr(DistributedDataParallel, '_active_ddp_module', None)
+    if ddp is None:
+        if model not in _NOTED:
+            _NOTED.add(model)
+            _logger.info('SN-Net: training under a process group outside a DistributedDataParallel forward; '
+                         'no communication hook (gradients are communicated however the wrapper does it)')
+        return
+    state = _COMMS.get(ddp, False)
+    if state is False:
+        why = _refusal(ddp, model)
+        if why is not None:
+            _COMMS[ddp] = None
+            _logger.warning(f'SN-Net: every gradient bucket is all-reduced, off-path ones too: {why}')
+            return
+        state = _COMMS[ddp] = PathComm(ddp)
+        state.add(model)
+        ddp.register_comm_hook(state, path_comm_hook)
+        _logger.info('SN-Net: DDP communication hook installed: gradient buckets are all-reduced only where the '
+                     'sampled paths are')
+    elif state is not None and not state.holds(model):
+        state.add(model)
+
+
+def path_comm(ddp: torch.nn.Module) -> Optional[PathComm]:
+    """The communication hook's state (byte counts) on `ddp`, or None if none was installed."""
+    return _COMMS.get(ddp)

@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 from safetensors.torch import save_file
 from timm.utils import ParseKwargs
 
+from .._dist import env_rank
 from .._evaluate import init_checkpoint, sweep
 from .._load import create_snnet, load_model
 from .._plot import X_AXES, plot_sweep
@@ -45,7 +46,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         args.model, args.checkpoint, args.data_dir, args.output, stitches=args.stitches, batch_size=args.batch_size,
         device=args.device, model_kwargs=args.model_kwargs, num_classes=args.num_classes, split=args.split,
         use_ema=args.use_ema, workers=args.workers, latency_warmup=args.latency_warmup,
-        latency_iters=args.latency_iters)
+        latency_iters=args.latency_iters, threads=args.threads)
+    if env_rank() != 0:  # under torchrun rank 0 wrote the files and reports them
+        return 0
     out = Path(args.output)
     print(f'wrote {out / "sweep.json"} and {out / "sweep.csv"} ({len(result["rows"])} stitches)')
     if args.save_model:
@@ -104,7 +107,12 @@ def add_commands(subparsers) -> None:
     _model_kwargs_arg(p)
     p.set_defaults(func=_cmd_init)
 
-    p = subparsers.add_parser('sweep', help='measure top-1/top-5/GFLOPs/params/latency of every stitch')
+    p = subparsers.add_parser(
+        'sweep', help='measure top-1/top-5/GFLOPs/params/latency of every stitch',
+        description='Evaluate each stitch into OUT/sweep.json and OUT/sweep.csv (resumable). Under `torchrun '
+                    '--nproc_per_node N [--nnodes M ...] -m timm_snnet.cli sweep ...` the images are split across '
+                    'the ranks (gloo on CPU, nccl on CUDA: cuda:LOCAL_RANK) with the exact one-process counts; rank '
+                    '0 writes, and latency is left to `timm-snnet profile` (per device).')
     p.add_argument('--model', required=True)
     p.add_argument('--checkpoint', required=True, help='train.py checkpoint (.pth.tar) or .safetensors')
     p.add_argument('--data-dir', required=True, help='ImageFolder root (uses DIR/val if present)')
@@ -118,6 +126,9 @@ def add_commands(subparsers) -> None:
     p.add_argument('--workers', type=int, default=2)
     p.add_argument('--latency-warmup', type=int, default=5)
     p.add_argument('--latency-iters', type=int, default=20)
+    p.add_argument('--threads', type=int, default=1,
+                   help='torch CPU threads while timing latency (default 1: at the default count on a busy machine '
+                        'latency is noise); evaluation keeps the process default')
     p.add_argument('--save-model', default=None, metavar='PATH.safetensors',
                    help='also write the weights with the sweep table attached (model.stitch_table)')
     _model_kwargs_arg(p)

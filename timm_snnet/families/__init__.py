@@ -12,6 +12,7 @@ from . import (  # noqa: F401  (each registers its adapter)
     eva,
     fastvit,
     focalnet,
+    hgnet,
     levit,
     mambaout,
     maxxvit,
@@ -26,6 +27,7 @@ from . import (  # noqa: F401  (each registers its adapter)
     swin,
     swin_v2,
     vit,
+    xcit,
 )
 from ._base import Family, Layout, Unit, can_stitch, family_for, register_family, registered_families
 
