@@ -354,9 +354,30 @@ def run(opts: Options, log: Callable[[str], None]) -> dict:
     log('B5 snnet_deit_tsb LS init')
     result['B5'] = b5_ls_init(opts)
     result['deploy'] = run_deploy_safely(opts, log, result['errors'])
+    result['B10'] = run_ddp_safely(opts, log, result['errors'])
+    try:  # the sweep across processes (benchmarks/sweep_dist.py): 2 gloo ranks vs 1 process
+        from .sweep_dist import run_sweep_dist
+
+        log('sweep_dist: 2 ranks vs 1')
+        result['sweep_dist'] = run_sweep_dist(opts, log)
+    except Exception as e:
+        result['errors']['sweep_dist'] = f'{type(e).__name__}: {e}'
+        log(f'  sweep_dist failed: {result["errors"]["sweep_dist"]}')
     result['machine']['load_avg_end'] = os.getloadavg()
     result['seconds'] = time.perf_counter() - start
     return result
+
+
+def run_ddp_safely(opts: Options, log: Callable[[str], None], errors: dict) -> Optional[dict]:
+    """B10 (benchmarks/ddp.py): DDP step, SN-Net Ti path vs plain DeiT-Ti; a failure is recorded, not raised."""
+    from .ddp import run_ddp
+
+    try:
+        return run_ddp(opts, log)
+    except Exception as e:
+        errors['B10'] = f'{type(e).__name__}: {e}'
+        log(f'  B10 failed: {errors["B10"]}')
+        return None
 
 
 def run_deploy_safely(opts: Options, log: Callable[[str], None], errors: dict) -> Optional[dict]:
@@ -417,6 +438,14 @@ def summary(r: dict) -> str:
                      f'(parameters {b6["param_ratio"]:.3f}) | - | |')
     deploy = deploy_summary(r.get('deploy'))
     lines += deploy[0]
+    if r.get('B10'):
+        from .ddp import summary_lines as ddp_lines
+
+        lines += ddp_lines(r['B10'])
+    if r.get('sweep_dist'):
+        from .sweep_dist import summary_line
+
+        lines += summary_line(r['sweep_dist'])
     if r['errors']:
         lines += ['', 'Models that failed: ' + '; '.join(f'{k}: {v}' for k, v in r['errors'].items())]
     lines += ['', '## Details', '', '| B2 model | anchor | batch | SN-Net ms | plain ms | ratio | max abs diff |',

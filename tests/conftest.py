@@ -1,6 +1,7 @@
 """Shared fixtures: tiny anchors of the same timm classes, so the suite stays fast."""
 import os
 
+import family_entries  # noqa: F401  (test-only snnetfam_* entries, before timm's test module is read)
 import pytest
 import timm
 import torch

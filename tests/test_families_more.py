@@ -56,7 +56,8 @@ PAIRS = {
     'beit': (dict(anchors=['beit_base_patch16_224'] * 2, rule='window', img_size=32, anchor_kwargs=_tiny(
         [dict(embed_dim=16), dict(embed_dim=32)], patch_size=8, depth=2, num_heads=2)), 32),
     'swinv2': (dict(anchors=['swinv2_tiny_window8_256'] * 2, rule='stage', stages=(1, 2), img_size=64,
-                    anchor_kwargs=_tiny([dict(embed_dim=16, depths=(1, 1, 2, 1)), dict(embed_dim=24, depths=(1, 2, 2, 1))],
+                    anchor_kwargs=_tiny([dict(embed_dim=16, depths=(1, 1, 2, 1)),
+                                         dict(embed_dim=24, depths=(1, 2, 2, 1))],
                                         num_heads=(1, 2, 2, 4), window_size=4)), 64),
     # DarkNet stages: conv_down + blocks, one unit per block
     'darknet': (dict(anchors=['darknet53'] * 2, rule='stage', stages=(1, 2), anchor_kwargs=[
@@ -65,7 +66,8 @@ PAIRS = {
             stage_type='dark', block_type='dark')) for c, d in ((4, (1, 1, 2, 1, 1)), (8, (1, 2, 2, 2, 1)))]), 32),
     # final_conv + final_act after the last stage (head-side, as EfficientNet's conv_head)
     'nfnet': (dict(anchors=['test_nfnet'] * 2, rule='stage', stages=(1, 2), anchor_kwargs=[
-        dict(depths=(1, 1, 2, 1), channels=(16, 32, 48, 64)), dict(depths=(1, 2, 2, 1), channels=(24, 48, 72, 96))]), 64),
+        dict(depths=(1, 1, 2, 1), channels=(16, 32, 48, 64)),
+        dict(depths=(1, 2, 2, 1), channels=(24, 48, 72, 96))]), 64),
     'mambaout': (dict(anchors=['mambaout_femto'] * 2, rule='stage', stages=(1, 2), anchor_kwargs=[
         dict(depths=(1, 1, 2, 1), dims=(16, 32, 48, 64)), dict(depths=(1, 2, 2, 1), dims=(24, 48, 72, 96))]), 64),
     # RepVit takes no drop_path_rate: None keeps SNNet from passing it (timm drops None kwargs)
@@ -76,15 +78,19 @@ PAIRS = {
         dict(), dict(depths=(1, 2, 2, 1), embed_dim=24, focal_levels=(3, 3, 3, 3))]), 64),
     # downsample + conditional positional encoding in block 0; attention blocks in the last stage
     'fastvit': (dict(anchors=['fastvit_sa12'] * 2, rule='stage', stages=(1, 2), anchor_kwargs=[
-        dict(layers=(1, 1, 2, 1), embed_dims=(16, 32, 64, 128)), dict(layers=(1, 2, 2, 1), embed_dims=(24, 48, 96, 192))]),
-                64),
+        dict(layers=(1, 1, 2, 1), embed_dims=(16, 32, 64, 128)),
+        dict(layers=(1, 2, 2, 1), embed_dims=(24, 48, 96, 192))]), 64),
     # XCA blocks take the patch grid; class token and class-attention blocks after the last unit (head-side)
     'xcit': (dict(anchors=['xcit_nano_12_p8_224'] * 2, rule='window', img_size=32, anchor_kwargs=_tiny(
         [dict(embed_dim=16), dict(embed_dim=32)], depth=2, num_heads=2)), 32),
     'hgnet': (dict(anchors=['hgnetv2_b0', 'hgnetv2_b1'], rule='stage', stages=(2,)), 64),
+    # timm fixes NextViT's widths: blocks below a stage's width join the next one (stage 2: a unit per 5 blocks)
+    'nextvit': (dict(anchors=['nextvit_small'] * 2, rule='stage', stages=(0, 2), anchor_kwargs=[
+        dict(depths=(1, 1, 5, 1)), dict(depths=(2, 1, 10, 1))]), 64),
 }
 # features of an anchor equal timm's own forward_intermediates (same taps)
-TIMM_FEATURES = ('mixer', 'resmlp_gmlp', 'beit', 'swinv2', 'darknet', 'mambaout', 'repvit', 'focalnet', 'fastvit', 'xcit', 'hgnet')
+TIMM_FEATURES = ('mixer', 'resmlp_gmlp', 'beit', 'swinv2', 'darknet', 'mambaout', 'repvit', 'focalnet', 'fastvit',
+                 'xcit', 'hgnet', 'nextvit')
 _CACHE: dict = {}
 
 
@@ -250,8 +256,10 @@ def test_refused_variants():
 @pytest.mark.parametrize('arch', [
     'mixer_b16_224', 'resmlp_12_224', 'gmlp_s16_224', 'gmixer_24_224', 'beit_base_patch16_224',
     'beitv2_base_patch16_224', 'swinv2_tiny_window8_256', 'darknet53', 'darknetaa53', 'dm_nfnet_f0',
-    'eca_nfnet_l0', 'nf_regnet_b1', 'nf_resnet50', 'mambaout_femto', 'mambaout_base_plus_rw', 'repvit_m0_9', 'repvit_m2_3',
+    'eca_nfnet_l0', 'nf_regnet_b1', 'nf_resnet50', 'mambaout_femto', 'mambaout_base_plus_rw', 'repvit_m0_9',
+    'repvit_m2_3',
     'focalnet_tiny_srf', 'focalnet_huge_fl4', 'fastvit_t8', 'fastvit_ma36', 'fastvit_mci0', 'fastvit_mci4',
-    'xcit_nano_12_p16_224', 'xcit_large_24_p8_384', 'hgnet_tiny', 'hgnetv2_b6'])
+    'xcit_nano_12_p16_224', 'xcit_large_24_p8_384', 'hgnet_tiny', 'hgnetv2_b6', 'nextvit_small',
+    'nextvit_large'])
 def test_can_stitch_pretrained_architectures(arch):
     assert can_stitch(arch)

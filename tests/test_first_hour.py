@@ -38,7 +38,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
     save_snnet(tiny('snnet_deit_tsb'), folder, readme=False)
     out = tmp_path / 'out'
     one_line(cli('export', '--model', 'snnet_deit_tsb', '--checkpoint', str(folder), '--output', str(out),
-                 '--stitch', '1', '--model-kwargs', 'stitch_id=abc'), 'stitch id must be an integer', 'valid ids are integers 0..')
+                 '--stitch', '1', '--model-kwargs', 'stitch_id=abc'),
+             'stitch id must be an integer', 'valid ids are integers 0..')
     assert not out.exists() and not list(tmp_path.glob('.out.*'))  # nothing left on disk
     debug = cli('--debug', 'configs', '--model', 'snnet_deit')
     assert debug.returncode != 0 and 'Traceback' in debug.stderr

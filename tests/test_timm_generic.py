@@ -19,7 +19,7 @@ import torch
 
 TIMM_TESTS = Path(os.environ.get('TIMM_TESTS_DIR', Path(__file__).resolve().parents[1] / '.venv' / 'timm-tests'))
 NEEDS_WEIGHTS = ('test_model_load_pretrained', 'test_model_features_pretrained')
-MODELS = timm.list_models('snnet_*')
+MODELS = timm.list_models('snnet_*') + timm.list_models('snnetfam_*')  # ours, then one per adapter family
 
 
 @lru_cache(None)

@@ -259,8 +259,10 @@ def anchor_checkpoint_records(specs: Optional[Sequence[Any]], num_anchors: int) 
 
 
 def shared_kwargs(anchor: str, common: dict[str, Any]) -> dict[str, Any]:
-    """Kwargs shared by every anchor; as in timm, only models with a fixed input size take `img_size`."""
+    """Kwargs shared by every anchor; as in timm, only models with a fixed input size take `img_size`. Drop rates at
+    0 are left to each anchor's own default (some timm models, e.g. RepVit, take no drop_path_rate)."""
     cfg = get_pretrained_cfg(anchor)
+    common = {k: v for k, v in common.items() if not (k in ('drop_rate', 'drop_path_rate') and not v)}
     if cfg is not None and not cfg.fixed_input_size:
         return {k: v for k, v in common.items() if k != 'img_size'}
     return common

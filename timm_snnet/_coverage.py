@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 
 import timm
 import torch
+from timm.models import model_entrypoint
 from tqdm.auto import tqdm
 
 from .families import can_stitch
@@ -62,7 +63,8 @@ def coverage(architectures: Optional[Sequence[str]] = None, progress: bool = Tru
     """Build each architecture with pretrained weights in timm (or those given) on the meta device and count its tags
     by class, and those of the architectures `can_stitch` accepts."""
     tags = Counter(t.split('.')[0] for t in timm.list_pretrained())
-    archs = sorted(tags) if architectures is None else list(architectures)
+    ours = {a for a in tags if timm.is_model(a) and model_entrypoint(a).__module__.startswith('timm_snnet')}
+    archs = sorted(set(tags) - ours) if architectures is None else list(architectures)  # timm's own weights only
     out = Coverage()
     for arch in tqdm(archs, desc='coverage', unit='arch', disable=not progress):
         try:

@@ -9,8 +9,8 @@ Command line: `timm-snnet init | sweep | plot | select` (`timm_snnet.cli.sweep`)
 - `sweep` evaluates each selected stitch on an ImageFolder split (anything timm's `create_dataset` reads, with the
   model's eval transform) and writes `OUT/sweep.json` and `OUT/sweep.csv` after every stitch (each replaced
   atomically). A re-run resumes only when model, kwargs, checkpoint hash, data, transforms, device, batch size and
-  latency settings all match the recorded ones (the fingerprint); otherwise one process moves the old file to
-  sweep.json.bak and recomputes everything, and a process group refuses to start (see below).
+  latency settings all match the recorded ones (the fingerprint); otherwise one process moves an old one-process
+  file to sweep.json.bak and recomputes everything; a process group, or a file it wrote, refuses (see below).
 - `torchrun --nproc_per_node N [--nnodes M ...] -m timm_snnet.cli sweep ...` (the same arguments) splits the images
   across the ranks in whole batches of the one-process order (`timm_snnet._dist`: why by data and not by config),
   sums the integer correct counts, and rank 0 writes the same files, with the only progress bar; the counts, top-1
@@ -34,6 +34,7 @@ sweep.json (also read by the Hub model card):
       "batch_size": 64,                              # eval batch and the N of latency_ms_bN
       "latency": {"warmup": 5, "iters": 20, "stat": "median", "threads": 1},  # null under a process group
       "anchors": [0, 1, 2],                          # ids of the anchor configs
+      "ranks": 8,                                    # only from a process group: its (latest) world size
       "rows": [{"id": 0, "path": "Ti", "gflops": 1.258, "params": 5717416, "top1": 72.1, "top5": 91.0,
                 "latency_ms_b1": 4.1, "latency_ms_bN": 21.7, "top1_correct": 7210, "top5_correct": 9100,
                 "num_images": 10000}, ...]
@@ -224,6 +225,9 @@ def _resume_view(header: dict[str, Any]) -> dict[str, Any]:
 
 
 def _short(value: Any) -> str:
+    if isinstance(value, dict):
+        text = ' '.join(f'{k}={_short(v)}' for k, v in value.items())
+        return '{' + text + '}' if len(text) <= 60 else '{' + text[:57] + '...}'
     text = json.dumps(value) if not isinstance(value, str) else value
     return text if len(text) <= 24 else text[:12] + '...'
 
@@ -256,16 +260,19 @@ def _required_keys(header: dict[str, Any]) -> tuple[str, ...]:
 def _recorded_rows(out: Path, header: dict[str, Any], selected: Sequence[int], refuse: bool,
                    log: Callable[[str], None]) -> dict[int, dict]:
     """Finished rows of OUT/sweep.json that this sweep may keep. A file recorded with other settings is refused
-    (`refuse`, under a process group) or moved to sweep.json.bak (one process: the sweep starts over)."""
+    (`refuse`: under a process group, or a file a process group wrote) or, one process over a one-process file,
+    moved to sweep.json.bak (the sweep starts over)."""
     path = out / 'sweep.json'
     if not path.is_file():
         return {}
     recorded = load_sweep(path)
     keys, details = _changes(_resume_view(recorded), _resume_view(header))
-    if keys and refuse:
+    if keys and (refuse or 'ranks' in recorded):  # a sharded sweep's results are never moved aside
+        hint = (' A sharded sweep measures no latency: finish a one-process sweep with one process, and a sharded '
+                'one under torchrun.' if 'latency' in keys else '')
         raise ValueError(f'{path} was recorded with a different {", ".join(keys)} ({details}): refusing to mix its '
-                         f'results with this run. Re-run with the recorded model, checkpoint, data and settings to '
-                         f'resume, or pass a new --output (or move {path} away) to start over.')
+                         f'results with this run.{hint} Re-run with the recorded model, checkpoint, data and settings '
+                         f'to resume, or pass a new --output (or move {path} away) to start over.')
     if keys:
         os.replace(path, out / 'sweep.json.bak')
         log(f'{path} was recorded with a different {", ".join(keys)}: recomputing (old results moved to '
@@ -374,6 +381,7 @@ def _sweep(ranks: Ranks, dev: torch.device, model_name: str, checkpoint: PathLik
             latency=None if ranks.distributed else dict(warmup=latency_warmup, iters=latency_iters, stat='median',
                                                         threads=threads),
             anchors=[c.id for c in configs if c.is_anchor],
+            **({'ranks': ranks.world_size} if ranks.distributed else {}),
         )
         if num_classes is not None:
             header['model_kwargs'] = {**header['model_kwargs'], 'num_classes': num_classes}

@@ -75,6 +75,14 @@ class SNNetFeatures:
         return tuple(math.ceil(n / r) for n in self.input_size()[-2:])
 
     # --- forward_intermediates ---------------------------------------------------------------------------------------
+    def _classifier_names(self) -> set[str]:
+        """Every anchor's classifier modules (its timm cfg's `classifier`), as SN-Net names."""
+        out = set()
+        for i, model in enumerate(self.anchors):
+            names = (getattr(model, 'pretrained_cfg', None) or {}).get('classifier') or ()
+            out.update(f'anchors.{i}.{n}' for n in ((names,) if isinstance(names, str) else names))
+        return out
+
     def _feature(self, route: Route, tap: Tap, x: torch.Tensor, norm: bool, output_fmt: str,
                  img_size: tuple[int, int]) -> torch.Tensor:
         anchor = route.segments[tap.segment].anchor
@@ -161,10 +169,13 @@ class SNNetFeatures:
         if prune_end:  # features now end at the tap; a new head is sized for them
             end = self.anchors[new.last.anchor]
             end.num_features = end.head_hidden_size = tap.info['num_chs']
-        if prune_head or prune_end:
-            self.reset_classifier(0, '', reset_other=True)  # a head with its own norm goes too (ConvNeXt)
         keep = route_names(new, self.anchors, self.families, self.units, norm=not prune_norm and not prune_end,
                            head=not prune_head and not prune_end, block_norms=not prune_norm)
+        if prune_head or prune_end:
+            # the head's own layers go first (MobileNetV3's conv_head), the classifiers stay for reset_classifier,
+            # which then drops them (with the head's own norm: ConvNeXt's reset_other)
+            prune_anchors(self.anchors, self.stitch_layers, keep | self._classifier_names())
+            self.reset_classifier(0, '', reset_other=True)
         prune_anchors(self.anchors, self.stitch_layers, keep)
         self.restrict_to(k, new)
         return take

@@ -648,12 +648,22 @@ class SNNet(SNNetFeatures, nn.Module):
                 out.update(f'anchors.{i}.{n}' for n in model.no_weight_decay())
         return out
 
+    @property
+    def group_matcher(self):
+        """timm's parameter groups (layer decay), when the anchors have them; else no attribute, as for the anchors
+        (timm's MetaFormer has none)."""
+        if not any(hasattr(m, 'group_matcher') for m in self.anchors):
+            raise AttributeError('group_matcher: no anchor of this SN-Net has one')
+        return self._group_matcher
+
     @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+    def _group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         """Each anchor's own groups under `anchors.N.`. Stitching layers match no group: like the heads, they land in
         the last one, so timm's layer decay gives them the full learning rate."""
         groups: dict[str, list] = {}
         for i, model in enumerate(self.anchors):
+            if not hasattr(model, 'group_matcher'):  # e.g. timm's MetaFormer: its parameters join the last group
+                continue
             for key, rules in model.group_matcher(coarse=coarse).items():
                 if isinstance(rules, str):
                     rules = [(rules, None)]

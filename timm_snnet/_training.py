@@ -165,7 +165,7 @@ _hook = register_optimizer_step_pre_hook(_skip_off_path)
 
 # --- DDP: communicate only the sampled paths ------------------------------------------------------------------------
 class PathComm:
-    """State of `path_comm_hook` on one DDP: the SN-Nets inside it, per-bucket slices, and byte counts.
+    """State of `path_comm_hook` on one DDP: the SN-Nets inside it, per-bucket plans, and byte counts.
 
     Counts (cumulative; take differences per step): `bytes_reduced` all-reduced by the hook, `bytes_full` what DDP's
     default hook would have all-reduced, `bytes_buckets` the whole buckets with something on a used route (what
@@ -176,20 +176,30 @@ class PathComm:
     a sum of two addends does not depend on how the collective splits the buffer, so this is bit-exact. With more
     ranks a ring all-reduce's summation order depends on the chunking, so a bucket is all-reduced whole or not at
     all, which keeps the result bit-identical to DDP's own all-reduce.
+
+    Off-path gradients: DDP's reducer gives a parameter without a gradient a fresh copy of its (zero) bucket slot
+    after the all-reduce (with `gradient_as_bucket_view=False`, train.py's default); for a whole SN-Net that is a
+    full-model allocation and copy per step, dropped again by the optimizer pre-hook. The hook instead sets such a
+    parameter's `.grad` to a view of its zero slot, laid out as the reducer's own view, which the reducer's copy
+    then skips (same memory). The next training forward replaces any such view still set (no optimizer step came
+    in between) by a copy, as the reducer asserts that no gradient aliases its bucket.
     """
 
     def __init__(self, ddp: torch.nn.Module):
         self.group = ddp.process_group
         self.world = self.group.size()
         self.ddp = weakref.ref(ddp)  # the reducer holds this state: no strong cycle through it
-        self.models: list[weakref.ref] = []
-        self.slices: dict[tuple, tuple[int, int]] = {}
         self.whole = self.world > 2  # see the class docstring
+        self.alias = not ddp.gradient_as_bucket_view  # with bucket views the reducer allocates nothing itself
+        self.enabled = True  # False: every bucket all-reduced whole, as DDP's own hook (benchmarks compare both)
+        self.models: list[weakref.ref] = []
+        self.plans: dict[tuple, tuple[int, int, tuple]] = {}
+        self.aliased: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.bytes_reduced = self.bytes_full = self.bytes_buckets = self.buckets = self.buckets_skipped = 0
         self.syncs = 0
 
     def add(self, model: SNNet) -> None:
-        if not any(r() is model for r in self.models):
+        if not self.holds(model):
             self.models.append(weakref.ref(model))
 
     def holds(self, model: SNNet) -> bool:
@@ -205,26 +215,36 @@ class PathComm:
                 out.append((book, frozenset(book.used)))
         return tuple(out)
 
-    def slice(self, bucket) -> tuple[int, int]:
-        """[start, stop) elements of the bucket from its first to its last parameter on a used route ((0, 0): none)."""
+    def plan(self, bucket, buf: torch.Tensor) -> tuple[int, int, tuple]:
+        """[start, stop) elements of the bucket to all-reduce ((0, 0): none), from its first to its last parameter on
+        a route used since the last step; and (parameter, offset) of each parameter off those routes."""
         params = bucket.parameters()
         paths = self._paths()
         key = (tuple(map(id, params)), tuple((id(b), u) for b, u in paths))
-        found = self.slices.get(key)
+        found = self.plans.get(key)
         if found is None:
             books = [b for b, _ in paths]
             unions = [b.on_union() for b in books]
-            base, lo, hi = bucket.buffer().storage_offset(), None, 0
+            base, lo, hi, off = buf.storage_offset(), None, 0, []
             for p, g in zip(params, bucket.gradients()):
+                start = g.storage_offset() - base
                 owner = next((i for i, b in enumerate(books) if b.params.get(id(p)) is p), None)
                 if owner is None or id(p) in unions[owner]:  # not an SN-Net's (or unknown): always communicated
-                    start = g.storage_offset() - base
                     lo, hi = start if lo is None else min(lo, start), max(hi, start + g.numel())
-            if len(self.slices) > 4096:
-                self.slices.clear()
-            found = (0, 0) if lo is None else (0, bucket.buffer().numel()) if self.whole else (lo, hi)
-            self.slices[key] = found
+                elif p.is_contiguous() and p.dtype == buf.dtype:
+                    off.append((p, start))
+            if len(self.plans) > 4096:
+                self.plans.clear()
+            lo, hi = (0, 0) if lo is None else (0, buf.numel()) if self.whole else (lo, hi)
+            found = self.plans[key] = (lo, hi, tuple(off))
         return found
+
+    def unalias(self) -> None:
+        """Before a forward: no gradient may still be a view of a bucket (the reducer asserts it)."""
+        for p, view in self.aliased:
+            if p.grad is view:
+                p.grad = view.clone()
+        self.aliased.clear()
 
 
 def path_comm_hook(state, bucket):  # no annotations: DDP checks them against dist.GradBucket / Future[Tensor]
@@ -236,7 +256,12 @@ def path_comm_hook(state, bucket):  # no annotations: DDP checks them against di
     state.bytes_full += size
     state.syncs += bucket.is_last()
     joining = ddp is None or ddp._join_config.enable  # uneven inputs: joined ranks shadow every bucket in full
-    lo, hi = (0, buf.numel()) if joining or buf.is_sparse else state.slice(bucket)
+    lo, hi, off = (0, buf.numel(), ()) if joining or buf.is_sparse or not state.enabled else state.plan(bucket, buf)
+    if state.alias:
+        for p, start in off:  # zero slots on every rank: the reducer's copy into a fresh gradient is skipped
+            if p.grad is None:
+                p.grad = view = buf.as_strided(p.shape, p.stride(), buf.storage_offset() + start)
+                state.aliased.append((p, view))
     if hi <= lo:
         state.buckets_skipped += 1
         fut = torch.futures.Future()
@@ -296,8 +321,11 @@ def join_ddp(model: SNNet) -> None:
         ddp.register_comm_hook(state, path_comm_hook)
         _logger.info('SN-Net: DDP communication hook installed: gradient buckets are all-reduced only where the '
                      'sampled paths are')
-    elif state is not None and not state.holds(model):
-        state.add(model)
+    elif state is not None:
+        if state.aliased:
+            state.unalias()
+        if not state.holds(model):
+            state.add(model)
 
 
 def path_comm(ddp: torch.nn.Module) -> Optional[PathComm]:

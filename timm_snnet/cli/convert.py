@@ -28,7 +28,8 @@ def add_commands(subparsers) -> None:
         'convert', help="convert the authors' SN-Net v1 / v2 checkpoints into a folder for `push` and local-dir:",
         description="Map an official SN-Net v1 release (snnet_deit.pth -> snnet_deit_tsb, snnet_swin.pth -> "
                     "snnet_swin_tsb, resnet_18_50.pth -> snnet_resnet, resnet18_swin_ti.pth -> "
-                    "snnet_resnet18_swin_ti) or v2 release (snnetv2_deit3_{s_b,s_l,b_l}.pth -> snnetv2_deit3_"
+                    "snnet_resnet18_swin_ti, levit_192_256_release.pth -> snnet_levit_192_256) or v2 release "
+                    "(snnetv2_deit3_{s_b,s_l,b_l}.pth -> snnetv2_deit3_"
                     "{s_b,s_l,b_l}) into this package's layout, with the compatibility settings that "
                     "reproduce the authors' networks. Fails if any key is left unmapped or missing.")
     p.add_argument('checkpoint', help='official .pth (read with weights_only=True) or its state dict as .safetensors')

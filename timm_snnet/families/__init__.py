@@ -19,6 +19,7 @@ from . import (  # noqa: F401  (each registers its adapter)
     metaformer,
     mlp_mixer,
     mobilenetv3,
+    nextvit,
     nfnet,
     regnet,
     repvit,

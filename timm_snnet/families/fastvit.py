@@ -17,8 +17,8 @@ class FastVitFamily(CNNFamily):
 
     def units(self, model: FastVit) -> list[Unit]:
         if model.fork_feat:
-            raise ValueError('FastVit anchors built with fork_feat=True (normed multi-scale outputs, no classifier) are '
-                             'not supported: build the classification model')
+            raise ValueError('FastVit anchors built with fork_feat=True (normed multi-scale outputs, no classifier) '
+                             'are not supported: build the classification model')
         out = []
         for s, (stage, info) in enumerate(zip(model.stages, model.feature_info)):
             for b in range(len(stage.blocks)):
