@@ -115,3 +115,37 @@ def test_pip_install_from_the_git_url(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (target / 'timm_snnet' / 'reference' / 'snnet_deit_tsb.official.jsonl').is_file()
     assert (target / 'timm_snnet' / 'cli' / '__main__.py').is_file()
+
+
+def test_init_prints_a_train_command_that_runs_as_printed(tmp_path: Path) -> None:
+    """`timm-snnet init`'s "train with:" line, run through train.py's own order (the contract replay) as printed."""
+    import argparse
+    import shlex
+
+    from image_folder import make_image_folder
+    from test_train_contract import run_train, train_args
+    from timm.utils import ParseKwargs
+
+    name = 'snnet_deit_tsb'  # fixed-size anchors built at 32x32 through --model-kwargs img_size=32
+    data = make_image_folder(tmp_path / 'data', classes=4, train=8, val=4, size=32)
+    kwargs = [f'{k}={v!r}' for k, v in TINY[name][0].items()]
+    proc = cli('init', '--model', name, '--data-dir', str(data), '--num-classes', '4', '--num-images', '8',
+               '--output', str(tmp_path / 'init.safetensors'), '--model-kwargs', *kwargs)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith('train with: '))
+    tokens = shlex.split(line[len('train with: '):])
+    assert tokens[:3] == ['timm-snnet', 'run', 'train.py'] and '...' in tokens
+    tokens = [t for t in tokens[3:] if t != '...']  # where the user's own options go
+    parser = argparse.ArgumentParser()  # train.py's flags that the printed command uses, as train.py declares them
+    parser.add_argument('data_dir')
+    parser.add_argument('--model')
+    parser.add_argument('--initial-checkpoint', default='')
+    parser.add_argument('--num-classes', type=int)
+    parser.add_argument('--img-size', type=int, default=None)
+    parser.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs)
+    printed = parser.parse_args(tokens)
+    args = train_args(Path(printed.data_dir), tmp_path / 'out', model=printed.model, epochs=1,
+                      initial_checkpoint=printed.initial_checkpoint, num_classes=printed.num_classes,
+                      img_size=printed.img_size, model_kwargs=printed.model_kwargs)
+    out = run_train(args, str(tmp_path / 'out'))
+    assert out['stitches'] and out['top1']

@@ -72,7 +72,7 @@ from ._utils import file_sha256
 __all__ = ['ROW_KEYS', 'COUNT_KEYS', 'Accuracy', 'init_checkpoint', 'sweep', 'evaluate']
 
 COUNT_KEYS = ('top1_correct', 'top5_correct', 'num_images')  # the exact counts behind top1/top5
-ROW_KEYS = (*_RESULT_ROW_KEYS, *COUNT_KEYS)  # a sweep.json row (sweep.csv holds _results.ROW_KEYS)
+ROW_KEYS = _RESULT_ROW_KEYS  # a sweep.json row and the sweep.csv columns, COUNT_KEYS included
 _LATENCY_KEYS = ('latency_ms_b1', 'latency_ms_bN')
 
 _RESUME_KEYS = ('model', 'model_kwargs', 'checkpoint', 'data', 'transforms', 'device', 'batch_size', 'latency')
@@ -284,11 +284,6 @@ def _recorded_rows(out: Path, header: dict[str, Any], selected: Sequence[int], r
     return rows
 
 
-def _device_name(dev: torch.device) -> str:
-    # _latency.device_name calls torch.cuda.getdevice_name (no such function) for CUDA
-    return torch.cuda.get_device_name(dev) if dev.type == 'cuda' else device_name(dev)
-
-
 def _latencies(model: torch.nn.Module, input_size: tuple, batch_size: int, dev: torch.device, warmup: int,
                iters: int, threads: int) -> dict[str, float]:
     """Batch-1 and batch-N latency of the active stitch with `threads` torch threads (then the previous count)."""
@@ -376,7 +371,7 @@ def _sweep(ranks: Ranks, dev: torch.device, model_name: str, checkpoint: PathLik
             checkpoint=dict(path=str(Path(checkpoint).resolve()), sha256=file_sha256(checkpoint), use_ema=use_ema),
             data=data,
             transforms={**jsonable(data_config), 'eval': ' '.join(str(dataset.transform).split())},
-            device=dev.type if ranks.distributed else str(dev), device_name=_device_name(dev), batch_size=batch_size,
+            device=dev.type if ranks.distributed else str(dev), device_name=device_name(dev), batch_size=batch_size,
             # under a process group the ranks share cores and buses: latency is `profile`'s job (per device)
             latency=None if ranks.distributed else dict(warmup=latency_warmup, iters=latency_iters, stat='median',
                                                         threads=threads),

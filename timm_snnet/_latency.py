@@ -157,7 +157,7 @@ def measure_latency(model: torch.nn.Module, input_size: Sequence[int], batch_siz
 
 def device_name(device: torch.device) -> str:
     if device.type == 'cuda':
-        return torch.cuda.getdevice_name(device)
+        return torch.cuda.get_device_name(device)
     return f'{device.type} ({torch.get_num_threads()} threads)'
 
 

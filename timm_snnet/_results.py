@@ -13,7 +13,8 @@ from ._utils import write_atomic
 PathLike = Union[str, os.PathLike]
 
 
-ROW_KEYS = ('id', 'path', 'gflops', 'params', 'top1', 'top5', 'latency_ms_b1', 'latency_ms_bN')
+ROW_KEYS = ('id', 'path', 'gflops', 'params', 'top1', 'top5', 'latency_ms_b1', 'latency_ms_bN', 'top1_correct',
+            'top5_correct', 'num_images')  # the counts behind top1 / top5 (a sweep's exact result)
 
 
 def jsonable(value: Any) -> Any:

@@ -36,8 +36,12 @@ def _cmd_init(args: argparse.Namespace) -> int:
     kw = ' '.join(shlex.quote(f'{k}={v!r}') for k, v in args.model_kwargs.items()
                   if k != 'anchor_checkpoints')  # the init file holds the anchors
     classes = f' --num-classes {args.num_classes}' if args.num_classes else ''
+    # train.py builds its data pipeline from --img-size, and never passes it to the model: a model built at another
+    # size through --model-kwargs img_size=N needs both
+    size = args.model_kwargs.get('img_size')
+    size = f' --img-size {size if isinstance(size, int) else size[-1]}' if size else ''
     print(f'wrote {out}\ntrain with: timm-snnet run train.py {shlex.quote(str(args.data_dir))} --model {args.model} '
-          f'--initial-checkpoint {shlex.quote(str(out))}{classes} ...{f" --model-kwargs {kw}" if kw else ""}')
+          f'--initial-checkpoint {shlex.quote(str(out))}{classes}{size} ...{f" --model-kwargs {kw}" if kw else ""}')
     return 0
 
 
