@@ -26,20 +26,20 @@ def _tiny(sizes, **kw):
 
 
 # timm registers this pretrained cfg with the model below (fixed input size, as its MLP-Mixers)
-default_cfgs = {'snnet_test_mixer': dict(input_size=(3, 32, 32), fixed_input_size=True),
-                'snnet_test_focalnet': dict(input_size=(3, 64, 64))}
+default_cfgs = {'tiny_test_mixer': dict(input_size=(3, 32, 32), fixed_input_size=True),
+                'tiny_test_focalnet': dict(input_size=(3, 64, 64))}
 
 
 @register_model
-def snnet_test_mixer(pretrained: bool = False, **kwargs) -> MlpMixer:
+def tiny_test_mixer(pretrained: bool = False, **kwargs) -> MlpMixer:
     """A tiny MlpMixer (timm's registered mixers fix their size): Mixer blocks unless `block_layer` is given."""
-    return _create_mixer('snnet_test_mixer', pretrained, **{**dict(patch_size=8, num_blocks=2, embed_dim=16), **kwargs})
+    return _create_mixer('tiny_test_mixer', pretrained, **{**dict(patch_size=8, num_blocks=2, embed_dim=16), **kwargs})
 
 
 @register_model
-def snnet_test_focalnet(pretrained: bool = False, **kwargs) -> FocalNet:
+def tiny_test_focalnet(pretrained: bool = False, **kwargs) -> FocalNet:
     """A tiny FocalNet (timm's registered FocalNets fix depths and width)."""
-    return _create_focalnet('snnet_test_focalnet', pretrained, **{**dict(depths=(1, 1, 2, 1), embed_dim=16), **kwargs})
+    return _create_focalnet('tiny_test_focalnet', pretrained, **{**dict(depths=(1, 1, 2, 1), embed_dim=16), **kwargs})
 
 
 RESMLP = dict(mlp_ratio=4, block_layer=ResBlock, norm_layer=Affine)
@@ -48,10 +48,10 @@ GMLP = dict(mlp_ratio=6, block_layer=SpatialGatingBlock, mlp_layer=GatedMlp)
 
 # name -> (SNNet kwargs, input side). Anchors are real timm architectures, shrunk with anchor_kwargs.
 PAIRS = {
-    'mixer': (dict(anchors=['snnet_test_mixer'] * 2, rule='window', img_size=32,
+    'mixer': (dict(anchors=['tiny_test_mixer'] * 2, rule='window', img_size=32,
                    anchor_kwargs=[dict(embed_dim=16), dict(embed_dim=32)]), 32),
     # one class, two block types: ResMLP (Affine norms) in front of gMLP (spatial gating)
-    'resmlp_gmlp': (dict(anchors=['snnet_test_mixer'] * 2, rule='window', img_size=32,
+    'resmlp_gmlp': (dict(anchors=['tiny_test_mixer'] * 2, rule='window', img_size=32,
                          anchor_kwargs=[dict(RESMLP, embed_dim=16), dict(GMLP, embed_dim=32)]), 32),
     'beit': (dict(anchors=['beit_base_patch16_224'] * 2, rule='window', img_size=32, anchor_kwargs=_tiny(
         [dict(embed_dim=16), dict(embed_dim=32)], patch_size=8, depth=2, num_heads=2)), 32),
@@ -74,7 +74,7 @@ PAIRS = {
     'repvit': (dict(anchors=['repvit_m1'] * 2, rule='stage', stages=(1, 2), drop_path_rate=None, anchor_kwargs=[
         dict(depth=(1, 2, 2, 1), embed_dim=(16, 32, 48, 64)), dict(depth=(2, 2, 3, 1), embed_dim=(24, 48, 72, 96))]),
                64),
-    'focalnet': (dict(anchors=['snnet_test_focalnet'] * 2, rule='stage', stages=(1, 2), anchor_kwargs=[
+    'focalnet': (dict(anchors=['tiny_test_focalnet'] * 2, rule='stage', stages=(1, 2), anchor_kwargs=[
         dict(), dict(depths=(1, 2, 2, 1), embed_dim=24, focal_levels=(3, 3, 3, 3))]), 64),
     # downsample + conditional positional encoding in block 0; attention blocks in the last stage
     'fastvit': (dict(anchors=['fastvit_sa12'] * 2, rule='stage', stages=(1, 2), anchor_kwargs=[
