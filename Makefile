@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint reproduce clean timm-tests
+.PHONY: demo test bench lint reproduce clean timm-tests serve-bench
 
 BASE := $(VENV)/.installed-base
 
@@ -43,6 +43,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.run $(if $(QUICK),--quick,) $(if $(ONLY),--only $(ONLY),)
+
+# issue #22: fixed Ti / S / B against the load-adaptive stitch on Ray Serve, Poisson load ramping up and down
+# (127.0.0.1 only; ~4 min; QUICK=1: ~1 min) -> benchmarks/results/serve.{json,md,png}
+serve-bench: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.serve $(if $(QUICK),--quick,)
 
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 

@@ -198,9 +198,9 @@ def test_family_lookup_and_can_stitch():
     with pytest.raises(TypeError, match=r'VGG'):
         family_for(vgg)
     with torch.device('meta'):
-        fastvit = timm.create_model('fastvit_t8')
-    with pytest.raises(TypeError, match=r'FastVit.*nearest supported: MaxxVit'):
-        family_for(fastvit)
+        efficientvit = timm.create_model('efficientvit_b0')
+    with pytest.raises(TypeError, match=r'EfficientVit .*nearest supported: EfficientNet'):
+        family_for(efficientvit)
     assert can_stitch('convnext_atto') and can_stitch('efficientnet_b0') and can_stitch('mobilenetv4_conv_small')
     assert not can_stitch('vgg11') and not can_stitch(_Unsupported())
 

@@ -259,10 +259,8 @@ def anchor_checkpoint_records(specs: Optional[Sequence[Any]], num_anchors: int) 
 
 
 def shared_kwargs(anchor: str, common: dict[str, Any]) -> dict[str, Any]:
-    """Kwargs shared by every anchor; as in timm, only models with a fixed input size take `img_size`. Drop rates at
-    0 are left to each anchor's own default (some timm models, e.g. RepVit, take no drop_path_rate)."""
+    """Kwargs shared by every anchor; as in timm, only models with a fixed input size take `img_size`."""
     cfg = get_pretrained_cfg(anchor)
-    common = {k: v for k, v in common.items() if not (k in ('drop_rate', 'drop_path_rate') and not v)}
     if cfg is not None and not cfg.fixed_input_size:
         return {k: v for k, v in common.items() if k != 'img_size'}
     return common
@@ -277,11 +275,20 @@ def _weights_location(name: str) -> str:
     return f"'{cfg.url or cfg.file}'" if (cfg.url or cfg.file) else 'its timm pretrained weights'
 
 
+_DROP_RATES = ('drop_rate', 'drop_path_rate')
+
+
 def create_anchor(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
     """`timm.create_model` for one anchor; missing pretrained weights raise `SNNetLoadError` naming the anchor, where
     its weights live and what to do, instead of huggingface_hub's traceback."""
     try:
-        return timm.create_model(name, pretrained=pretrained, **kwargs)
+        try:
+            return timm.create_model(name, pretrained=pretrained, **kwargs)
+        except TypeError as e:  # a model without drop rates (timm's RepVit): zero rates are its own behaviour
+            zero = [k for k in _DROP_RATES if k in kwargs and not kwargs[k] and k in str(e)]
+            if not zero:
+                raise
+            return create_anchor(name, pretrained, **{k: v for k, v in kwargs.items() if k not in zero})
     except (LocalEntryNotFoundError, EntryNotFoundError, RepositoryNotFoundError, HfHubHTTPError, OSError) as e:
         if not pretrained:
             raise

@@ -1,0 +1,305 @@
+"""`timm-snnet serve` (issue #22): the stitch controller on a fake clock, request parsing, and one live server.
+
+The live server is the real CLI in a subprocess (one Ray start-up for the module) on 127.0.0.1 and a free port,
+serving the shipped Fashion-MNIST SN-Net in adaptive mode; the last test stops it with SIGTERM.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from safetensors.torch import load_file
+
+from timm_snnet._serve import RequestError, StitchController, check_port, decode_image, parse_budget
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / 'examples' / 'fashion_mnist' / 'model'
+SLO_MS = 25.0
+MAX_BODY = 50_000  # --max-body-mb below, in bytes (rounded down)
+
+# Ti / S / B with the shape of the shipped model's latencies (ms at batch 1, 8, 32)
+ROWS = [
+    dict(id=0, path='Ti', gflops=0.0028, top1=83.5, latency_ms_b1=1.5, latency_ms_b8=2.5, latency_ms_b32=5.0),
+    dict(id=1, path='S', gflops=0.0107, top1=85.5, latency_ms_b1=2.0, latency_ms_b8=4.0, latency_ms_b32=10.0),
+    dict(id=2, path='B', gflops=0.0414, top1=86.4, latency_ms_b1=6.5, latency_ms_b8=15.0, latency_ms_b32=48.0),
+]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+# --- the controller ------------------------------------------------------------------------------------------------
+def test_controller_follows_load_with_hysteresis():
+    clock = FakeClock()
+    c = StitchController(ROWS, slo_ms=30, margin=0.1, hysteresis=0.2, hold_s=1.0, clock=clock)
+    assert c.current == 2 and c.choose(1) == 2  # idle: the most accurate
+    assert c.choose(8, wait_ms=5) == 2  # 5 + 15 <= 27
+    assert c.choose(16, wait_ms=5) == 1  # B at 16 (~26 ms) + 5 > 27: down at once, to the best that fits
+    assert c.choose(32, wait_ms=20) == 0  # only Ti fits
+    assert c.choose(32, wait_ms=40) == 0  # nothing fits: the fastest
+    assert c.switches == 2
+    # load drops: no way back up within hold_s, however idle
+    clock.t += 0.5
+    assert c.choose(1) == 0
+    clock.t += 0.6
+    assert c.choose(1) == 2 and c.switches == 3
+    # near the edge: B fits (23 <= 27) but without 20% headroom (> 21.6), so a step down is not undone
+    assert c.choose(8, wait_ms=13) == 1
+    clock.t += 5
+    assert [c.choose(8, wait_ms=8) for _ in range(10)] == [1] * 10
+    assert c.choose(8, wait_ms=6) == 2 and c.switches == 5  # 21 <= 21.6: headroom, so up (hold_s has passed)
+    # a queue behind this batch counts: B now (6.5 ms), then B for the next 32 (48 ms) is too late
+    clock.t += 5
+    assert c.choose(1, wait_ms=0, backlog=40) == 1
+
+
+def test_controller_calibrates_and_reports():
+    clock = FakeClock()
+    c = StitchController(ROWS, slo_ms=30, margin=0.1, clock=clock)
+    for _ in range(20):  # the machine runs 3x slower than profiled
+        c.observe(2, 8, 45.0)
+    assert 2.5 < c.scale < 3.1
+    assert c.choose(8) == 1  # B at 8: 45 ms > 27
+    for ms in (10, 20, 40, 50):
+        c.record(ms)
+    m = c.metrics()
+    assert m['slo_ms'] == 30 and m['stitch_id'] == 1 and m['path'] == 'S' and m['top1_table'] == 85.5
+    assert m['requests'] == 4 and m['slo_attainment'] == 0.5 and m['window_p95_ms'] == 50
+    json.dumps(m)
+
+
+def test_controller_rejects_bad_tables():
+    with pytest.raises(ValueError, match='latency_ms_b'):
+        StitchController([dict(id=0, top1=1.0)], slo_ms=10)
+    with pytest.raises(ValueError, match='slo_ms'):
+        StitchController(ROWS, slo_ms=0)
+    # without top-1, larger GFLOPs rank as more accurate
+    rows = [{k: v for k, v in r.items() if k != 'top1'} for r in ROWS]
+    assert StitchController(rows, slo_ms=100).ranking == [2, 1, 0]
+
+
+# --- request parsing -----------------------------------------------------------------------------------------------
+def _png(array) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, 'PNG')
+    return buf.getvalue()
+
+
+def test_parse_budget_and_decode():
+    assert parse_budget({'stitch_id': '3'}, 71) == {'stitch_id': 3}
+    assert parse_budget({'max_gflops': '0.02', 'min_top1': 85}, 71) == {'max_gflops': 0.02, 'min_top1': 85.0}
+    for fields, match in (({'stitch_id': 71}, 'out of range'), ({'stitch_id': '1.5'}, 'integer'),
+                          ({'max_gflops': 'x'}, 'number'), ({'max_gflop': 1}, 'unknown field'),
+                          ({'stitch_id': 1, 'min_top1': 80}, 'either'), ({'max_latency_ms': 'nan'}, 'finite')):
+        with pytest.raises(RequestError, match=match):
+            parse_budget(fields, 71)
+    img = decode_image(_png(load_file(MODEL / 'test_images.safetensors')['images'][0].numpy()), 'L')
+    assert img.size == (28, 28) and img.mode == 'L'
+    with pytest.raises(RequestError, match='not a PNG or JPEG'):
+        decode_image(b'\x80\x04pickle', 'L')
+
+
+def test_port_in_use_is_a_value_error():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        s.listen()
+        with pytest.raises(ValueError, match='cannot listen'):
+            check_port('127.0.0.1', s.getsockname()[1])
+
+
+def test_bad_model_fails_before_anything_binds(tmp_path, capsys):
+    import ray
+
+    from timm_snnet.cli import CommandError, main
+
+    port = _free_port()
+    with pytest.raises(CommandError):
+        main(['serve', f'local-dir:{tmp_path / "missing"}', '--port', str(port)])
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('timm-snnet serve: ') and '\n' not in err and 'missing' in err
+    assert not ray.is_initialized()
+    check_port('127.0.0.1', port)  # still free
+
+
+def test_build_app_from_python():
+    from ray.serve import Application
+
+    from timm_snnet._serve import app_builder, build_app
+
+    app = build_app(f'local-dir:{MODEL}', slo_ms=SLO_MS, latency_table=ROWS)
+    assert isinstance(app, Application)
+    assert isinstance(app_builder({'model': f'local-dir:{MODEL}', 'stitch_id': 1, 'latency_table': ROWS}),
+                      Application)
+    with pytest.raises(ValueError, match='latency_ms_b'):
+        build_app(f'local-dir:{MODEL}', stitches='3', latency_table=ROWS)
+
+
+# --- the live server -----------------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope='module')
+def server(tmp_path_factory):
+    port = _free_port()
+    log = tmp_path_factory.mktemp('serve') / 'server.log'
+    cmd = [sys.executable, '-m', 'timm_snnet.cli', 'serve', f'local-dir:{MODEL}', '--port', str(port),
+           '--slo-ms', str(SLO_MS), '--max-batch-size', '32', '--profile-rounds', '1', '--max-body-mb',
+           str(MAX_BODY / (1 << 20))]
+    with open(log, 'wb') as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+                                env={**os.environ, 'HF_HUB_OFFLINE': '1'})
+    url = f'http://127.0.0.1:{port}'
+    deadline = time.monotonic() + 120
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f'server exited with {proc.returncode}:\n{log.read_text()[-3000:]}')
+        try:
+            if _call(url, '/health')[0] == 200:
+                break
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f'server not up in 120 s:\n{log.read_text()[-3000:]}')
+        time.sleep(0.5)
+    yield dict(url=url, proc=proc, log=log, port=port)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _call(url: str, path: str, data: bytes | None = None, ctype: str | None = None, method: str | None = None):
+    req = urllib.request.Request(url + path, data=data, method=method, headers={'Content-Type': ctype} if ctype else {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as f:
+            return f.status, json.loads(f.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@pytest.fixture(scope='module')
+def images():
+    data = load_file(MODEL / 'test_images.safetensors')
+    return [(_png(data['images'][i].numpy()), int(data['labels'][i])) for i in range(64)]
+
+
+def test_health_and_table(server):
+    assert _call(server['url'], '/health') == (200, {'status': 'ok'})
+    status, doc = _call(server['url'], '/stitches')
+    assert status == 200 and doc['mode'] == 'adaptive'
+    assert [r['path'] for r in doc['rows']] == ['Ti', 'S', 'B']
+    assert all(r['latency_ms_b1'] > 0 and r['latency_ms_b32'] > 0 and r['top1'] > 80 for r in doc['rows'])
+    assert doc['controller']['slo_ms'] == SLO_MS
+
+
+def test_predict_raw_json_and_budgets(server, images):
+    url = server['url']
+    png, label = images[0]
+    status, doc = _call(url, '/predict?stitch_id=2', png, 'image/png')
+    assert status == 200, doc
+    assert set(doc) == {'stitch_id', 'path', 'gflops', 'top1_table', 'latency_ms', 'predictions'}
+    assert (doc['stitch_id'], doc['path'], doc['top1_table']) == (2, 'B', 86.36)
+    assert len(doc['predictions']) == 5 and doc['predictions'][0]['label'] == str(label)
+    assert abs(sum(p['prob'] for p in doc['predictions']) - 1) < 0.2
+    jpeg = io.BytesIO()
+    Image.open(io.BytesIO(png)).save(jpeg, 'JPEG', quality=95)
+    body = json.dumps({'image': base64.b64encode(jpeg.getvalue()).decode(), 'stitch_id': 0}).encode()
+    status, doc = _call(url, '/predict', body, 'application/json')
+    assert status == 200 and doc['path'] == 'Ti' and doc['predictions'][0]['label'] == str(label)
+    assert _call(url, '/predict?stitch_id=37', png, 'image/png')[1]['stitch_id'] == 37  # any id, not only served
+    assert _call(url, '/predict?max_gflops=0.02', png, 'image/png')[1]['path'] == 'S'
+    assert _call(url, '/predict?min_top1=86', png, 'image/png')[1]['path'] == 'B'
+    body = json.dumps({'image': base64.b64encode(png).decode(), 'min_top1': 84, 'max_gflops': 0.005}).encode()
+    assert _call(url, '/predict', body, 'application/json') == (400, {'error': _call(
+        url, '/predict?min_top1=84&max_gflops=0.005', png, 'image/png')[1]['error']})
+    status, doc = _call(url, '/predict?max_latency_ms=0.001', png, 'image/png')
+    assert status == 400 and 'no config fits' in doc['error']
+
+
+def test_concurrent_requests_batch_and_agree(server, images):
+    url = server['url']
+
+    def fixed(item):
+        return _call(url, '/predict?stitch_id=1', item[0], 'image/png')
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(fixed, images))
+    assert all(s == 200 and d['stitch_id'] == 1 for s, d in answers)
+    # batched answers are the answers one at a time
+    for (png, _), (_, doc) in list(zip(images, answers))[:3]:
+        alone = _call(url, '/predict?stitch_id=1', png, 'image/png')[1]
+        assert [p['label'] for p in alone['predictions']] == [p['label'] for p in doc['predictions']]
+        assert abs(alone['predictions'][0]['prob'] - doc['predictions'][0]['prob']) < 1e-4
+    accuracy = sum(d['predictions'][0]['label'] == str(label) for (_, label), (_, d) in zip(images, answers))
+    assert accuracy >= 0.7 * len(images)
+
+
+def test_adaptive_stitch_follows_load(server, images):
+    url = server['url']
+    assert _call(url, '/predict', images[0][0], 'image/png')[1]['path'] == 'B'  # idle: the most accurate
+    with ThreadPoolExecutor(48) as pool:  # a burst far over what B can serve within the SLO
+        answers = list(pool.map(lambda i: _call(url, '/predict', images[i % 64][0], 'image/png'), range(192)))
+    assert all(s == 200 for s, _ in answers)
+    assert {d['path'] for _, d in answers} - {'B'}, 'the controller never stepped down under load'
+    status, m = _call(url, '/metrics')
+    assert status == 200 and m['mode'] == 'adaptive' and m['switches'] >= 1 and m['requests'] >= 193
+    assert 0 <= m['slo_attainment'] <= 1 and m['path'] in {'Ti', 'S', 'B'}
+
+
+def test_bad_input_gets_4xx_and_server_keeps_serving(server, images):
+    url, png = server['url'], images[0][0]
+    cases = [
+        (('/predict', b'not an image at all', 'image/png'), 400, 'not a PNG or JPEG'),
+        (('/predict', png[: len(png) // 2], 'image/png'), 400, 'corrupt image'),
+        (('/predict', b'\x89PNG\r\n\x1a\n' + b'\0' * 64, 'image/png'), 400, 'corrupt image'),
+        (('/predict', png, 'text/plain'), 415, 'unsupported content type'),
+        (('/predict', png, None), 415, 'unsupported content type'),
+        (('/predict', b'\0' * (MAX_BODY + 1000), 'image/png'), 413, 'over the limit'),
+        (('/predict?stitch_id=71', png, 'image/png'), 400, 'out of range'),
+        (('/predict?stitch_id=-1', png, 'image/png'), 400, 'out of range'),
+        (('/predict?max_gflops=abc', png, 'image/png'), 400, 'must be a number'),
+        (('/predict', b'{"image": 1', 'application/json'), 400, 'not valid JSON'),
+        (('/predict', b'{"image": "%%%"}', 'application/json'), 400, 'not valid base64'),
+        (('/predict', json.dumps({'image': base64.b64encode(b'\x80\x04K\x01.').decode()}).encode(),
+          'application/json'), 400, 'not a PNG or JPEG'),
+        (('/nowhere', None, None), 404, 'no route'),
+    ]
+    for args, code, reason in cases:
+        status, doc = _call(server['url'], *args)
+        assert status == code and reason in doc['error'] and '\n' not in doc['error'], (args[0], status, doc)
+    assert _call(url, '/predict', method='GET')[0] == 405
+    assert _call(url, '/predict?stitch_id=0', png, 'image/png')[0] == 200
+
+
+def test_sigterm_shuts_down_cleanly(server):
+    proc = server['proc']
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0, server['log'].read_text()[-3000:]
+    assert 'timm-snnet serve: stopped' in server['log'].read_text()
+    with pytest.raises(OSError):  # nothing listens any more
+        socket.create_connection(('127.0.0.1', server['port']), timeout=5).close()
+    check_port('127.0.0.1', server['port'])  # and the port can be bound again
