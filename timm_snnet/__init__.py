@@ -31,6 +31,7 @@ from ._sampling import flops_groups as flops_groups
 from ._sampling import ros_weights as ros_weights
 from ._selection import pareto_front as pareto_front
 from ._selection import select_stitch as select_stitch
+from ._serve import build_app as build_app
 from ._snnet import SNNet as SNNet
 from ._sources import fetch_official as fetch_official
 from .families import Family as Family
@@ -41,8 +42,8 @@ from .families import register_family as register_family
 __version__ = '0.1.0'
 __all__ = [
     'ConversionError', 'DEIT3', 'DEIT_TSB', 'ExportedStitch', 'Family', 'HF_HUB_ORG', 'ROW_KEYS', 'SNNet',
-    'SNNetLoadError', 'StitchConfig', 'can_stitch', 'check_onnx', 'convert', 'enumerate_configs', 'evaluate',
-    'export_onnx', 'family_for', 'fetch_official', 'flops_groups', 'init_checkpoint', 'load_model', 'load_snnet',
-    'load_sweep', 'measure_latency', 'pareto_front', 'plot_sweep', 'profile', 'push_snnet', 'read_reference',
-    'register_family', 'ros_weights', 'save_snnet', 'select_stitch', 'sweep', 'write_results',
+    'SNNetLoadError', 'StitchConfig', 'build_app', 'can_stitch', 'check_onnx', 'convert', 'enumerate_configs',
+    'evaluate', 'export_onnx', 'family_for', 'fetch_official', 'flops_groups', 'init_checkpoint', 'load_model',
+    'load_snnet', 'load_sweep', 'measure_latency', 'pareto_front', 'plot_sweep', 'profile', 'push_snnet',
+    'read_reference', 'register_family', 'ros_weights', 'save_snnet', 'select_stitch', 'sweep', 'write_results',
 ]

@@ -20,7 +20,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms, threads=args.threads,
         latency_table=load_latency_table(args.latency_table) if args.latency_table else None,
         profile_rounds=args.profile_rounds, max_body_bytes=int(args.max_body_mb * (1 << 20)),
-        labels=_read_labels(args.labels) if args.labels else None)
+        labels=_read_labels(args.labels) if args.labels else None, controller=dict(margin=args.slo_margin))
     mode = f'adaptive, p95 SLO {args.slo_ms:g} ms' if args.slo_ms else 'fixed stitch'
 
     def ready() -> None:
@@ -44,6 +44,8 @@ def add_commands(subparsers) -> None:
     p.add_argument('--port', type=int, default=8000, help='port (default 8000)')
     p.add_argument('--replicas', type=int, default=1, help='model replicas (default 1)')
     p.add_argument('--slo-ms', type=float, help='adaptive mode: p95 latency target; the stitch follows the load')
+    p.add_argument('--slo-margin', type=float, default=0.2,
+                   help='share of the SLO kept for what the replica cannot see (HTTP proxy, network; default 0.2)')
     p.add_argument('--stitch-id', type=int, help="fixed stitch without a budget (default: the model's own)")
     p.add_argument('--stitches', help="stitches to serve and profile: 'all' or ranges like '0-2,5' (default: the "
                                       'GFLOPs/top-1 Pareto front of the stitch table)')
