@@ -2,20 +2,25 @@
 anchors equal plain timm, each stitch runs exactly its route, FLOPs equal fvcore's count of the exported stitch, the
 exported stitch equals the SN-Net's, features, and a train step touches only the sampled path (BatchNorm statistics
 included)."""
-import warnings
 
 import pytest
 import timm
 import torch
+from family_contract import (
+    cached_builder,
+    check_anchors_bit_equal,
+    check_features,
+    check_flops_and_export,
+    check_runs_exactly_its_route,
+    check_train_step_on_path,
+    stitches,
+)
 from timm.layers import GatedMlp
 from timm.models import register_model
 from timm.models.cspnet import CspStagesCfg, CspStemCfg
 from timm.models.focalnet import FocalNet, _create_focalnet
 from timm.models.mlp_mixer import Affine, MlpMixer, ResBlock, SpatialGatingBlock, _create_mixer
-from torch import nn
 
-from timm_snnet._flops import count_flops
-from timm_snnet._snnet import SNNet
 from timm_snnet.families import can_stitch, family_for
 
 torch.set_num_threads(1)
@@ -91,51 +96,9 @@ PAIRS = {
 # features of an anchor equal timm's own forward_intermediates (same taps)
 TIMM_FEATURES = ('mixer', 'resmlp_gmlp', 'beit', 'swinv2', 'darknet', 'mambaout', 'repvit', 'focalnet', 'fastvit',
                  'xcit', 'hgnet', 'nextvit')
-_CACHE: dict = {}
 
 
-def build(name: str) -> tuple[SNNet, torch.Tensor]:
-    """The pair's SN-Net (eval mode) and a batch of 2 images; built once per module."""
-    if name not in _CACHE:
-        kwargs, side = PAIRS[name]
-        torch.manual_seed(0)
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            model = SNNet(num_classes=10, **kwargs).eval()
-        _CACHE[name] = model, torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(0))
-    return _CACHE[name]
-
-
-def stitches(model: SNNet) -> list[int]:
-    """The first and last stitch of each stitched stage."""
-    by_stage: dict = {}
-    for c in model._configs[len(model.anchors):]:
-        by_stage.setdefault(c.stage, []).append(c.id)
-    return sorted({k for ids in by_stage.values() for k in (ids[0], ids[-1])})
-
-
-def _under(name: str, prefixes) -> bool:
-    return any(name == p or name.startswith(p + '.') for p in prefixes)
-
-
-def on_path(model: SNNet, k: int) -> set[str]:
-    """Names (in the SN-Net) of the unit modules and stitching layers that route k runs."""
-    route = model.route(k)
-    names = {f'stitch_layers.{i}' for i in route.layers}
-    for seg in route.segments:
-        names |= {f'anchors.{seg.anchor}.{m}' for u in model._units[seg.anchor][seg.start:seg.stop] for m in u.modules}
-    return names
-
-
-def runs_on_path(model: SNNet, k: int, name: str) -> bool:
-    """Whether route k runs tensor / module `name`: the first anchor's stem, the route's units and stitching layers,
-    and the last anchor's final norm and head (whatever is neither stem nor unit)."""
-    route = model.route(k)
-    first, last = route.first.anchor, route.last.anchor
-    if _under(name, on_path(model, k) | {f'anchors.{first}.{n}' for n in model._families[first].stem_names}):
-        return True
-    owned = set(model._families[last].stem_names) | {m for u in model._units[last] for m in u.modules}
-    return _under(name, {f'anchors.{last}'}) and not _under(name, {f'anchors.{last}.{n}' for n in owned})
+build = cached_builder(PAIRS)
 
 
 @pytest.fixture(params=sorted(PAIRS))
@@ -143,95 +106,35 @@ def pair(request) -> str:
     return request.param
 
 
-@torch.no_grad()
 def test_anchors_bit_equal_plain_timm(pair):
-    model, x = build(pair)
-    assert len(stitches(model)) > 0
-    for i, anchor in enumerate(model.anchors):
-        assert torch.equal(model(x, stitch_id=i), anchor.eval()(x)), f'{pair} anchor {i}'
+    check_anchors_bit_equal(*build(pair), pair)
 
 
-@torch.no_grad()
 def test_stitch_runs_exactly_its_route(pair):
-    model, x = build(pair)
-    units = {f'anchors.{a}.{m}' for a, us in enumerate(model._units) for u in us for m in u.modules}
-    watched = units | {f'stitch_layers.{i}' for i in range(len(model.stitch_layers))}
-    ran: set = set()
-    hooks = [model.get_submodule(n).register_forward_hook(lambda *_, n=n: ran.add(n)) for n in watched]
-    try:
-        for k in stitches(model) + [0, 1]:
-            ran.clear()
-            model(x, stitch_id=k)
-            assert ran == on_path(model, k), f'{pair} stitch {k}: {sorted(ran ^ on_path(model, k))}'
-    finally:
-        for h in hooks:
-            h.remove()
+    check_runs_exactly_its_route(*build(pair), pair)
 
 
-@torch.no_grad()
 def test_flops_equal_fvcore_and_export_equals_stitch(pair):
-    model, x = build(pair)
-    configs = model.stitch_configs((3, *x.shape[-2:]))
-    x1 = x[:1]
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        for i, anchor in enumerate(model.anchors):
-            assert round(configs[i].gflops * 1e9) == count_flops(anchor, x1).total(), f'{pair} anchor {i}'
-        for k in stitches(model):
-            m = model.export_stitch(k).eval()
-            torch.testing.assert_close(m(x), model(x, stitch_id=k), rtol=1e-5, atol=1e-5)
-            assert round(configs[k].gflops * 1e9) == count_flops(m, x1).total(), f'{pair} stitch {k}'
+    check_flops_and_export(*build(pair), pair)
 
 
 @torch.no_grad()
 def test_forward_intermediates(pair):
     model, x = build(pair)
-    try:
-        for k in stitches(model)[-1:] + [0, 1]:
-            model.set_stitch(k)
-            final, feats = model.forward_intermediates(x)
-            torch.testing.assert_close(final, model.forward_features(x), rtol=0, atol=0)
-            info = model.feature_info
-            assert len(feats) == len(info)
-            for f, i in zip(feats, info):
-                assert f.shape[1] == i['num_chs'] and f.shape[-1] == -(-x.shape[-1] // i['reduction']), (pair, k, i)
-            last = model.forward_intermediates(x, indices=[-2, -1], stop_early=True, intermediates_only=True)
-            torch.testing.assert_close(last[-1], feats[-1], rtol=0, atol=0)
-        if pair in TIMM_FEATURES:
+    check_features(model, x, pair, stitches(model)[-1:] + [0, 1])
+    if pair in TIMM_FEATURES:  # the anchors' features are timm's own
+        try:
             for i, anchor in enumerate(model.anchors):
                 model.set_stitch(i)
                 ours = model.forward_intermediates(x, intermediates_only=True)
                 theirs = anchor.forward_intermediates(x, intermediates_only=True)
                 assert len(ours) == len(theirs) and all(torch.equal(a, b) for a, b in zip(ours, theirs)), (pair, i)
-    finally:
-        model.set_stitch(len(model.anchors) - 1)
-
-
-def _bn_stats(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: m.running_mean.clone() for n, m in model.named_modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None}
+        finally:
+            model.set_stitch(len(model.anchors) - 1)
 
 
 def test_train_step_touches_only_the_path(pair):
-    """Gradients reach only the sampled stitch's tensors; BatchNorm statistics change exactly on its path."""
-    model, x = build(pair)
-    k = stitches(model)[0]
-    model.set_sampling_weights([float(i == k) for i in range(model.num_configs)])
-    before = _bn_stats(model)
-    try:
-        model.train()
-        model(x).sum().backward()
-        grads = {n for n, p in model.named_parameters() if p.grad is not None}
-    finally:
-        model.eval().zero_grad(set_to_none=True)
-        model.set_sampling_weights(None)
-    after = _bn_stats(model)
-    assert grads and all(runs_on_path(model, k, n) for n in grads), f'{pair} stitch {k}'
-    changed = {n for n in before if not torch.equal(before[n], after[n])}
-    assert changed == {n for n in before if runs_on_path(model, k, n)}, f'{pair} stitch {k}'
-    for n, m in model.named_modules():  # leave the cached model as built
-        if n in before:
-            m.running_mean.copy_(before[n])
+    check_train_step_on_path(*build(pair), pair)
 
 
 def test_refused_variants():
