@@ -44,8 +44,8 @@ TINY = {
     'snnet_convnext_tsb': (dict(
         anchor_kwargs=[dict(dims=(8, 16, 24, 32), depths=d) for d in ((2, 2, 4, 2), (2, 2, 6, 2), (2, 2, 6, 2))],
     ), (3, 64, 64)),
-    # timm's EfficientNet entry points fix their widths: the real B0/B1/B2 (5-9M params), at 64x64
-    'snnet_efficientnet_b0_b2': (dict(), (3, 64, 64)),
+    # timm's EfficientNet entry points fix their widths: TinyNet-E/D/C, the same EfficientNet class at 2-5% of the FLOPs
+    'snnet_efficientnet_b0_b2': (dict(anchors=('tinynet_e', 'tinynet_d', 'tinynet_c')), (3, 64, 64)),
 }
 
 

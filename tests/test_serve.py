@@ -177,7 +177,7 @@ def server(tmp_path_factory):
         try:
             if _call(url, '/health')[0] == 200:
                 break
-        except OSError:
+        except (OSError, ValueError):  # not listening yet, or Ray's proxy answering before the app is deployed
             pass
         if time.monotonic() > deadline:
             proc.kill()
@@ -198,7 +198,11 @@ def _call(url: str, path: str, data: bytes | None = None, ctype: str | None = No
         with urllib.request.urlopen(req, timeout=30) as f:
             return f.status, json.loads(f.read())
     except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+        body = e.read()
+        try:
+            return e.code, json.loads(body)
+        except ValueError:  # not ours: e.g. Ray's proxy while the app deploys
+            return e.code, {'error': body.decode(errors='replace')}
 
 
 @pytest.fixture(scope='module')
