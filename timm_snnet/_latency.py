@@ -2,6 +2,7 @@
 and merging its rows into a sweep."""
 from __future__ import annotations
 
+import logging
 import os
 import statistics
 import time
@@ -30,8 +31,14 @@ def device_sync(device: torch.device) -> Callable[[], None]:
 
 def _timed(fn: Callable[[], Any], threads: int, min_run_time: float) -> float:
     """Median seconds per call (torch.utils.benchmark, blocked runs after its own block-size estimate)."""
-    # imported when timing: torch.utils.benchmark loads torch's C++ extension tooling (slow, and it logs on import)
-    from torch.utils import benchmark
+    # imported when timing: torch.utils.benchmark loads torch's C++ extension tooling, slow to import, and that logs
+    # a CUDA_HOME warning on machines with a CUDA toolkit but no CUDA runtime: quiet for the import only
+    log = logging.getLogger('torch.utils.cpp_extension')
+    level, log.level = log.level, logging.ERROR
+    try:
+        from torch.utils import benchmark
+    finally:
+        log.setLevel(level)
 
     timer = benchmark.Timer(stmt='fn()', globals={'fn': fn}, num_threads=threads)
     return timer.blocked_autorange(min_run_time=min_run_time).median
