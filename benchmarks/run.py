@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import importlib
 import json
 import os
 import platform
@@ -353,42 +354,25 @@ def run(opts: Options, log: Callable[[str], None]) -> dict:
             log(f'  {name} failed: {result["errors"][name]}')
     log('B5 snnet_deit_tsb LS init')
     result['B5'] = b5_ls_init(opts)
-    result['deploy'] = run_deploy_safely(opts, log, result['errors'])
-    result['B10'] = run_ddp_safely(opts, log, result['errors'])
-    try:  # the sweep across processes (benchmarks/sweep_dist.py): 2 gloo ranks vs 1 process
-        from .sweep_dist import run_sweep_dist
-
-        log('sweep_dist: 2 ranks vs 1')
-        result['sweep_dist'] = run_sweep_dist(opts, log)
-    except Exception as e:
-        result['errors']['sweep_dist'] = f'{type(e).__name__}: {e}'
-        log(f'  sweep_dist failed: {result["errors"]["sweep_dist"]}')
+    result['deploy'] = run_safely('B7-B9', 'deploy', opts, log, result['errors'])
+    result['B10'] = run_safely('B10', 'ddp', opts, log, result['errors'])
+    log('sweep_dist: 2 ranks vs 1')
+    result['sweep_dist'] = run_safely('sweep_dist', 'sweep_dist', opts, log, result['errors'])
     result['machine']['load_avg_end'] = os.getloadavg()
     result['seconds'] = time.perf_counter() - start
     return result
 
 
-def run_ddp_safely(opts: Options, log: Callable[[str], None], errors: dict) -> Optional[dict]:
-    """B10 (benchmarks/ddp.py): DDP step, SN-Net Ti path vs plain DeiT-Ti; a failure is recorded, not raised."""
-    from .ddp import run_ddp
-
+def run_safely(label: str, module: str, opts: Options, log: Callable[[str], None], errors: dict) -> Optional[dict]:
+    """A measure in its own module (B7-B9 `deploy`, B10 `ddp`, `sweep_dist`): `run_<module>(opts, log)`; a failure is
+    recorded in `errors[label]`, not raised."""
     try:
-        return run_ddp(opts, log)
+        # imported here: those modules import this one (Options, create, timing helpers)
+        run = getattr(importlib.import_module(f'benchmarks.{module}'), f'run_{module}')
+        return run(opts, log)
     except Exception as e:
-        errors['B10'] = f'{type(e).__name__}: {e}'
-        log(f'  B10 failed: {errors["B10"]}')
-        return None
-
-
-def run_deploy_safely(opts: Options, log: Callable[[str], None], errors: dict) -> Optional[dict]:
-    """B7-B9 (benchmarks/deploy.py); a failure is recorded, not raised."""
-    from .deploy import run_deploy
-
-    try:
-        return run_deploy(opts, log)
-    except Exception as e:
-        errors['B7-B9'] = f'{type(e).__name__}: {e}'
-        log(f'  B7-B9 failed: {errors["B7-B9"]}')
+        errors[label] = f'{type(e).__name__}: {e}'
+        log(f'  {label} failed: {errors[label]}')
         return None
 
 
@@ -556,7 +540,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         start = time.perf_counter()
         errors: dict = {}
         result = dict(machine=machine(opts.threads), options=asdict(opts), date=time.strftime('%Y-%m-%d %H:%M:%S %Z'),
-                      deploy=run_deploy_safely(opts, lambda msg: print(msg, file=sys.stderr, flush=True), errors),
+                      deploy=run_safely('B7-B9', 'deploy', opts, lambda msg: print(msg, file=sys.stderr, flush=True),
+                                         errors),
                       errors=errors)
         result['machine']['load_avg_end'] = os.getloadavg()
         result['seconds'] = time.perf_counter() - start
