@@ -34,14 +34,14 @@ from __future__ import annotations
 
 import logging
 import weakref
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import torch
 import torch.distributed as dist
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-if TYPE_CHECKING:
-    from ._snnet import SNNet
+# the SN-Net these hooks serve (`_snnet.SNNet`, the layer above, passes itself): typed as the module it is
+SNNetLike = torch.nn.Module
 
 _logger = logging.getLogger(__name__)
 
@@ -95,20 +95,20 @@ class PathLedger:
     Holds the model's parameters (not the model), so ids stay unique while it lives.
     """
 
-    def __init__(self, model: SNNet):
+    def __init__(self, model: SNNetLike):
         self.params = {id(p): p for p in model.parameters()}
         self.off_params: dict[int, list[torch.Tensor]] = {}
         self.on_ids: dict[int, frozenset[int]] = {}
         self.used: set[int] = set()
         self.stepped = False
 
-    def off_path(self, model: SNNet, stitch_id: int) -> list[torch.Tensor]:
+    def off_path(self, model: SNNetLike, stitch_id: int) -> list[torch.Tensor]:
         if stitch_id not in self.off_params:
             names = model.off_path_names(stitch_id)
             self.off_params[stitch_id] = [getattr(model.get_submodule(m), p) for m, p in names]
         return self.off_params[stitch_id]
 
-    def record(self, model: SNNet, stitch_id: int) -> None:
+    def record(self, model: SNNetLike, stitch_id: int) -> None:
         if self.stepped:  # the first forward after an optimizer step starts a new union
             self.used.clear()
             self.stepped = False
@@ -140,14 +140,14 @@ class PathLedger:
 _LEDGERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def ledger(model: SNNet) -> PathLedger:
+def ledger(model: SNNetLike) -> PathLedger:
     book = _LEDGERS.get(model)
     if book is None:
         book = _LEDGERS[model] = PathLedger(model)
     return book
 
 
-def forget(model: SNNet) -> None:
+def forget(model: SNNetLike) -> None:
     """Drop a model's caches (after its parameters were replaced, e.g. by `reset_classifier`)."""
     _LEDGERS.pop(model, None)
 
@@ -198,11 +198,11 @@ class PathComm:
         self.bytes_reduced = self.bytes_full = self.bytes_buckets = self.buckets = self.buckets_skipped = 0
         self.syncs = 0
 
-    def add(self, model: SNNet) -> None:
+    def add(self, model: SNNetLike) -> None:
         if not self.holds(model):
             self.models.append(weakref.ref(model))
 
-    def holds(self, model: SNNet) -> bool:
+    def holds(self, model: SNNetLike) -> bool:
         return any(r() is model for r in self.models)
 
     def _paths(self) -> tuple:
@@ -283,7 +283,7 @@ _COMMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # DDP -> PathCo
 _NOTED: weakref.WeakSet = weakref.WeakSet()  # models told once that they run outside DDP
 
 
-def _refusal(ddp: torch.nn.Module, model: SNNet) -> Optional[str]:
+def _refusal(ddp: torch.nn.Module, model: SNNetLike) -> Optional[str]:
     if getattr(ddp, 'reducer', None) is None or getattr(ddp, '_delay_all_reduce_all_params', False):
         return 'this DDP has no reducer of its own (delay_all_reduce / python reducer)'
     if getattr(ddp, '_comm_hooks', None):
@@ -294,7 +294,7 @@ def _refusal(ddp: torch.nn.Module, model: SNNet) -> Optional[str]:
     return None
 
 
-def join_ddp(model: SNNet) -> None:
+def join_ddp(model: SNNetLike) -> None:
     """At a training forward under a process group (off_path='skip'): install `path_comm_hook` on the DDP running it.
 
     The DDP is `DistributedDataParallel._active_ddp_module`, which DDP sets around its call of the wrapped module.
