@@ -38,6 +38,7 @@ from typing import Optional
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 # the SN-Net these hooks serve (`_snnet.SNNet`, the layer above, passes itself): typed as the module it is
@@ -300,8 +301,6 @@ def join_ddp(model: SNNetLike) -> None:
     The DDP is `DistributedDataParallel._active_ddp_module`, which DDP sets around its call of the wrapped module.
     Once per DDP; a refusal is logged once and leaves DDP's own full all-reduce in place.
     """
-    from torch.nn.parallel import DistributedDataParallel
-
     ddp = getattr(DistributedDataParallel, '_active_ddp_module', None)
     if ddp is None:
         if model not in _NOTED:
