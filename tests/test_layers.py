@@ -15,7 +15,7 @@ LAYERS = {
     'engine': ('_snnet', '_features', '_training', '_exported'),
     'glue': ('_models',),
     'weights': ('_convert', '_sources', '_load'),
-    'tools': ('_publish', '_plot', '_onnx', '_latency', '_evaluate', '_coverage', '_serve', '_dist'),
+    'tools': ('_publish', '_plot', '_onnx', '_latency', '_evaluate', '_coverage', '_serve', '_dist', '_distill'),
     'api': ('__init__',),
     'cli': ('cli',),
 }

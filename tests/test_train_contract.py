@@ -24,7 +24,7 @@ from timm.loss import LabelSmoothingCrossEntropy
 from timm.models import load_checkpoint, model_parameters, resume_checkpoint
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
-from timm.task import ClassificationTask, load_task_ema_checkpoint, resume_task_checkpoint
+from timm.task import ClassificationTask, LogitDistillationTask, load_task_ema_checkpoint, resume_task_checkpoint
 
 from timm_snnet._evaluate import init_checkpoint
 
@@ -48,6 +48,8 @@ def train_args(data: Path, output: Path, **overrides) -> argparse.Namespace:
         bn_momentum=None, bn_eps=None, torchscript=False, model_ema=True, model_ema_decay=0.9,
         model_ema_warmup=False, seed=42, workers=0, pin_mem=False, no_prefetcher=False, checkpoint_hist=10,
         eval_metric='top1', device='cpu', output=str(output), grad_accum_steps=1, clip_grad=None, clip_mode='norm',
+        kd_model_name=None, kd_distill_type='logit', kd_loss_type='kl', distill_loss_weight=None,
+        task_loss_weight=None, kd_temperature=1.0,
     )
     args.update(overrides)
     return argparse.Namespace(**args)
@@ -85,8 +87,15 @@ def run_train(args: argparse.Namespace, out_dir: Path) -> dict:
         interpolation=data_config['interpolation'], num_workers=args.workers, crop_pct=data_config['crop_pct'],
         **common)
 
-    task = ClassificationTask(model, criterion=LabelSmoothingCrossEntropy(args.smoothing), device=device,
-                              verbose=False)
+    train_loss_fn = LabelSmoothingCrossEntropy(args.smoothing)
+    if args.kd_model_name is not None:  # train.py: the teacher is created inside the task from its name
+        assert args.kd_distill_type == 'logit'
+        task = LogitDistillationTask(
+            student_model=model, teacher_model=args.kd_model_name, criterion=train_loss_fn,
+            loss_type=args.kd_loss_type, distill_loss_weight=args.distill_loss_weight,
+            task_loss_weight=args.task_loss_weight, temperature=args.kd_temperature, device=device, verbose=False)
+    else:
+        task = ClassificationTask(model, criterion=train_loss_fn, device=device, verbose=False)
     model = task.get_trainable_module()
     eval_model = task.get_eval_model()
     optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args), **args.opt_kwargs)
@@ -116,14 +125,18 @@ def run_train(args: argparse.Namespace, out_dir: Path) -> dict:
         return stitches[-1]
 
     model.sample_stitch = recording_sample
-    lrs, epoch_losses, eval_top1 = [], [], []
+    lrs, epoch_losses, eval_top1, kd_losses = [], [], [], []
     for epoch in range(start_epoch, num_epochs):
         model.train()
         num_updates, losses = epoch * updates_per_epoch, []
         optimizer.zero_grad()
         for batch_idx, (input, target) in enumerate(loader_train):
             need_update = batch_idx == len(loader_train) - 1 or (batch_idx + 1) % accum == 0
-            loss = task(input, target)['loss']
+            assert model.training  # a distillation task keeps only its teacher in eval mode
+            result = task(input, target)
+            loss = result['loss']
+            if 'kd_loss' in result:
+                kd_losses.append(result['kd_loss'].item())
             (loss / accum if accum > 1 else loss).backward()
             if need_update:
                 if args.clip_grad is not None:
@@ -146,7 +159,8 @@ def run_train(args: argparse.Namespace, out_dir: Path) -> dict:
     del model.sample_stitch
     return dict(model=model, initial=initial, ema=task.get_trainable_module(ema=True).module, optimizer=optimizer,
                 start_epoch=start_epoch, step_at_start=step_at_start, stitches=stitches, losses=epoch_losses,
-                top1=eval_top1, lrs=lrs, updates_per_epoch=updates_per_epoch, loader_eval=loader_eval)
+                top1=eval_top1, lrs=lrs, updates_per_epoch=updates_per_epoch, loader_eval=loader_eval, task=task,
+                kd_losses=kd_losses)
 
 
 @torch.no_grad()

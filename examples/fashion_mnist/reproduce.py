@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
+from tqdm import tqdm
 
 import timm_snnet  # noqa: F401  (registers snnet_deit_tsb)
 from timm_snnet import DEIT_TSB, ROW_KEYS, evaluate, measure_latency, pareto_front, plot_sweep, write_results
@@ -48,6 +49,7 @@ FILES = {
 CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot')
 MEAN, STD = 0.2860, 0.3530  # Fashion-MNIST training-set pixel statistics
 
+KD = ('none', 'teacher', 'inplace')
 ROS_GAP = 0.003  # GFLOPs: ROS FLOPs groups of 3 MFLOPs over these anchors' 2.8-41 MFLOPs range
 # variant -> (SN-Net sampling kwargs, lr multiplier of the stitching layers)
 VARIANTS = {
@@ -130,8 +132,10 @@ def model_kwargs(widths: Sequence[int], patch_size: int) -> dict:
 
 
 def create_anchor(index: int, widths: Sequence[int], patch_size: int) -> nn.Module:
-    """Anchor `index` standalone: the same timm model SN-Net builds for `anchors[index]`."""
+    """Anchor `index` standalone: the same timm model SN-Net builds for `anchors[index]`, with this data's
+    normalisation in its pretrained_cfg (timm's distillation reads it to feed a teacher)."""
     return timm.create_model(DEIT_TSB[index], img_size=28, in_chans=1, num_classes=10,
+                             pretrained_cfg_overlay=dict(mean=(MEAN,), std=(STD,)),
                              **anchor_kwargs(widths, patch_size)[index])
 
 
@@ -147,8 +151,10 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, stitch_lr_sca
 
 
 def train(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], epochs: float, batch_size: int,
-          groups: list[dict], seed: int, log: Callable[[str], None], desc: str) -> float:
-    """AdamW, 5% linear warm-up then cosine, label smoothing 0.1. Returns seconds."""
+          groups: list[dict], seed: int, log: Callable[[str], None], desc: str,
+          task: Optional[nn.Module] = None) -> float:
+    """AdamW, 5% linear warm-up then cosine, label smoothing 0.1; the loss is `task(x, y)['loss']` when a timm
+    training task (e.g. `LogitDistillationTask`) is given. Returns seconds."""
     steps_per_epoch = math.ceil(len(data[0]) / batch_size)
     total = max(1, round(epochs * steps_per_epoch))
     warmup = max(1, total // 20)
@@ -156,11 +162,11 @@ def train(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], epochs: flo
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
     gen = torch.Generator().manual_seed(seed)
-    model.train()
+    (task or model).train()
     start, step, loss_sum = time.perf_counter(), 0, 0.0
     while step < total:
         for x, y in batches(data, batch_size, gen):
-            loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
+            loss = task(x, y)['loss'] if task is not None else F.cross_entropy(model(x), y, label_smoothing=0.1)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -179,6 +185,32 @@ def accuracy(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], batch_si
     model.eval()
     correct = sum(int((model(x).argmax(1) == y).sum()) for x, y in batches(data, batch_size))
     return 100.0 * correct / len(data[0])
+
+
+class InplaceTeacher(nn.Module):
+    """In-place distillation (slimmable networks, BigNAS): the SN-Net's largest anchor, run in the same step, teaches
+    the sampled config. The SN-Net is held outside the module tree, so timm's task putting its teacher in eval mode
+    leaves the student sampling."""
+
+    def __init__(self, snnet: nn.Module):
+        super().__init__()
+        self.__dict__['snnet'] = snnet  # not a submodule
+        self.pretrained_cfg = snnet.pretrained_cfg  # the same normalisation: timm feeds the input through unchanged
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.snnet(x, stitch_id=len(self.snnet.anchors) - 1)
+
+
+def distillation_task(s: Setting, kd: str, student: nn.Module, teacher: nn.Module) -> Optional[nn.Module]:
+    """timm's own `LogitDistillationTask` (what train.py runs for `--kd-model-name`), or None for plain training.
+    The loss is `task_weight * CE(student, label) + (1 - task_weight) * T^2 KL(teacher || student)`."""
+    if kd == 'none':
+        return None
+    from timm.task import LogitDistillationTask
+
+    teacher = InplaceTeacher(student) if kd == 'inplace' else teacher
+    return LogitDistillationTask(student, teacher, criterion=nn.CrossEntropyLoss(label_smoothing=0.1),
+                                 task_loss_weight=s.kd_task_weight, temperature=s.kd_temperature, verbose=False)
 
 
 # --- sweep and summary ---------------------------------------------------------------------------------------------
@@ -306,6 +338,11 @@ class Setting:
     patch_size: int = 7
     anchor_epochs: float = 3.0
     snnet_epochs: float = 1.0
+    kd: str = 'teacher'  # none | teacher (the standalone largest anchor) | inplace (the SN-Net's largest anchor)
+    kd_task_weight: float = 0.5  # DeiT's hard-distillation alpha: half label loss, half teacher loss
+    kd_temperature: float = 1.0
+    study_epochs: tuple[float, ...] = (1.0, 3.0, 6.0)  # --study: SN-Net epochs x distillation, one seed
+    study_kd: tuple[str, ...] = ('none', 'teacher')
     batch_size: int = 128
     anchor_lr: float = 1e-3
     snnet_lr: float = 3e-4
@@ -324,20 +361,23 @@ QUICK = dict(anchor_epochs=1.0, snnet_epochs=1.0, train_subset=6000, test_subset
              num_seeds=2, latency_iters=1, demo_images=200)
 
 
-def anchor_cache_key(s: Setting, seed: int) -> str:
-    """Everything that decides the standalone anchors' weights."""
-    keys = ('widths', 'patch_size', 'anchor_epochs', 'batch_size', 'anchor_lr', 'weight_decay', 'train_subset')
-    blob = json.dumps(dict({k: getattr(s, k) for k in keys}, seed=seed), sort_keys=True)
+def anchor_cache_key(s: Setting, index: int, seed: int) -> str:
+    """Everything that decides one standalone anchor's weights (so anchors are shared across width choices)."""
+    keys = ('patch_size', 'anchor_epochs', 'batch_size', 'anchor_lr', 'weight_decay', 'train_subset')
+    blob = json.dumps(dict({k: getattr(s, k) for k in keys}, width=s.widths[index], index=index, seed=seed),
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def standalone_anchors(s: Setting, train_data, seed: int, cache: Path, log, timings: dict) -> list[nn.Module]:
-    """The three anchors trained standalone once; cached (safetensors) and reused across seeds and variants."""
-    folder = cache / anchor_cache_key(s, seed)
+def standalone_anchors(s: Setting, train_data, seed: int, cache: Path, log, timings: dict,
+                       only: Optional[Sequence[int]] = None) -> list[nn.Module]:
+    """The anchors trained standalone once; cached (safetensors) and reused across seeds, variants and widths."""
     anchors = []
     for i, width in enumerate(s.widths):
+        if only is not None and i not in only:
+            continue
+        path = cache / f'anchor{i}_w{width}_{anchor_cache_key(s, i, seed)}.safetensors'
         model = create_anchor(i, s.widths, s.patch_size)
-        path = folder / f'anchor{i}.safetensors'
         if path.is_file():
             model.load_state_dict(load_file(str(path)))
             log(f'anchor {i} (width {width}): cached {path}')
@@ -347,7 +387,7 @@ def standalone_anchors(s: Setting, train_data, seed: int, cache: Path, log, timi
             timings[f'anchor{i}_train'] = train(model, train_data, s.anchor_epochs, s.batch_size,
                                                 param_groups(model, s.anchor_lr, s.weight_decay), seed + i, log,
                                                 f'anchor {i} (width {width})')
-            folder.mkdir(parents=True, exist_ok=True)
+            cache.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix('.tmp')
             save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
             tmp.replace(path)
@@ -355,43 +395,98 @@ def standalone_anchors(s: Setting, train_data, seed: int, cache: Path, log, timi
     return anchors
 
 
+def create_snnet(s: Setting, **kwargs) -> nn.Module:
+    return timm.create_model('snnet_deit_tsb', **model_kwargs(s.widths, s.patch_size), **kwargs)
+
+
 def train_snnet(s: Setting, variant: str, seed: int, anchors: Sequence[nn.Module], train_data,
-                log, timings: dict) -> nn.Module:
-    """LS init from `ls_images` training images, then SN-Net training with the variant's sampling."""
+                log, timings: dict, kd: Optional[str] = None, epochs: Optional[float] = None) -> nn.Module:
+    """LS init from `ls_images` training images, then SN-Net training with the variant's sampling, distilled from
+    the standalone largest anchor (`kd='teacher'`), the SN-Net's own (`'inplace'`) or not at all (`'none'`)."""
+    kd = s.kd if kd is None else kd
+    epochs = s.snnet_epochs if epochs is None else epochs
     sampling, stitch_lr_scale = VARIANTS[variant]
-    snnet = timm.create_model('snnet_deit_tsb', stitch_seed=seed, **model_kwargs(s.widths, s.patch_size), **sampling)
+    snnet = create_snnet(s, stitch_seed=seed, **sampling)
     for i, model in enumerate(anchors):
         snnet.anchors[i].load_state_dict(model.state_dict())
     calib = next(batches(subset(train_data, s.ls_images, seed + 100), s.ls_images))[0]
     snnet.init_stitching_layers(calib, num_images=s.ls_images, progress=False)
     torch.manual_seed(seed)
     groups = param_groups(snnet, s.snnet_lr, s.weight_decay, stitch_lr_scale)
-    timings[f'{variant}_seed{seed}_train'] = train(snnet, train_data, s.snnet_epochs, s.batch_size, groups, seed + 10,
-                                                   log, f'SN-Net {variant} seed {seed}')
+    task = distillation_task(s, kd, snnet, anchors[-1])
+    timings[f'{variant}_seed{seed}_train'] = train(snnet, train_data, epochs, s.batch_size, groups, seed + 10,
+                                                   log, f'SN-Net {variant} seed {seed} kd={kd} {epochs}ep', task)
     return snnet.eval()
+
+
+def run_key(s: Setting, variant: str, kd: str, epochs: float, seed: int, test_images: int) -> str:
+    """Everything that decides one SN-Net run's weights and sweep (its anchors included)."""
+    keys = ('widths', 'patch_size', 'anchor_epochs', 'batch_size', 'anchor_lr', 'snnet_lr', 'weight_decay',
+            'train_subset', 'ls_images', 'kd_task_weight', 'kd_temperature')
+    blob = json.dumps(dict({k: getattr(s, k) for k in keys}, variant=variant, kd=kd if kd != 'none' else None,
+                           epochs=epochs, seed=seed, test_images=test_images), sort_keys=True)
+    return f'{variant}_kd-{kd}_{epochs:g}ep_seed{seed}_' + hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def cached_run(s: Setting, variant: str, kd: str, epochs: float, seed: int, anchors: Sequence[nn.Module],
+               train_data, test_data, latency_iters: int, runs: Path, log, timings: dict) -> dict:
+    """Train and sweep one SN-Net, or read it back from `runs/` (rows, times and weights): runs are resumable and
+    several processes can fill the same folder (one core each)."""
+    key = run_key(s, variant, kd, epochs, seed, len(test_data[0]))
+    path = runs / f'{key}.json'
+    if path.is_file():
+        log(f'{key}: cached {path}')
+        return json.loads(path.read_text())
+    cpu, wall = time.process_time(), time.perf_counter()
+    snnet = train_snnet(s, variant, seed, anchors, train_data, log, timings, kd, epochs)
+    train_cpu, train_wall = time.process_time() - cpu, time.perf_counter() - wall
+    cpu, wall = time.process_time(), time.perf_counter()
+    rows = sweep_rows(snnet, test_data, s.batch_size, latency_iters, log)
+    result = dict(key=key, variant=variant, kd=kd, epochs=epochs, seed=seed, rows=rows,
+                  test_images=len(test_data[0]), train_cpu_s=train_cpu, train_wall_s=train_wall,
+                  sweep_cpu_s=time.process_time() - cpu, sweep_wall_s=time.perf_counter() - wall)
+    runs.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in snnet.state_dict().items()}, str(runs / f'{key}.tmp'))
+    (runs / f'{key}.tmp').replace(runs / f'{key}.safetensors')
+    path.with_suffix('.tmp').write_text(json.dumps(result) + '\n')
+    path.with_suffix('.tmp').replace(path)
+    return result
+
+
+def load_run_model(s: Setting, result: dict, runs: Path) -> nn.Module:
+    """The trained SN-Net of a cached run."""
+    snnet = create_snnet(s, **VARIANTS[result['variant']][0])
+    snnet.load_state_dict(load_file(str(runs / f'{result["key"]}.safetensors')))
+    return snnet.eval()
+
+
+def prepare(s: Setting, data_dir: Path, out: Path, seed: int, anchor_cache: Optional[Path], timings: dict):
+    """Data, the standalone anchors (cached) and their test top-1."""
+    train_data = subset(load_split(data_dir, 'train'), s.train_subset, seed)
+    test_all = load_split(data_dir, 'test')
+    test_data = subset(test_all, s.test_subset, seed)
+    log(f'data: {len(train_data[0])} train, {len(test_data[0])} test images from {data_dir}')
+    out.mkdir(parents=True, exist_ok=True)
+    anchors = standalone_anchors(s, train_data, seed, anchor_cache or out / 'anchors', log, timings)
+    standalone = [accuracy(m, test_data) for m in anchors]
+    gaps = [b - a for a, b in zip(standalone, standalone[1:])]
+    log(f'standalone anchors: {[round(a, 2) for a in standalone]} on {len(test_data[0])} test images')
+    if min(gaps) < 3.0:
+        log(f'WARNING: the anchors are less than 3 points apart (gaps {[round(g, 2) for g in gaps]}): a stitch '
+            f'costs about that much, so stitches cannot show between them (change --widths or --anchor-epochs)')
+    return train_data, test_all, test_data, anchors, standalone, gaps
 
 
 def run(s: Setting, data_dir: Path, out: Path, seed: int, log: Callable[[str], None],
         anchor_cache: Optional[Path] = None) -> dict:
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     timings: dict[str, float] = {}
-    train_data = subset(load_split(data_dir, 'train'), s.train_subset, seed)
-    test_all = load_split(data_dir, 'test')
-    test_data = subset(test_all, s.test_subset, seed)
-    variant_test = subset(test_all, s.variant_test_subset, seed) if s.variant_test_subset else test_data
-    log(f'data: {len(train_data[0])} train, {len(test_data[0])} test images from {data_dir}')
-    out.mkdir(parents=True, exist_ok=True)
     names, num_anchors = ('Ti', 'S', 'B'), len(s.widths)
-
-    # 1. anchors, standalone (once)
-    anchors = standalone_anchors(s, train_data, seed, anchor_cache or out / 'anchors', log, timings)
-    standalone = [accuracy(m, test_data) for m in anchors]
+    train_data, test_all, test_data, anchors, standalone, gaps = prepare(s, data_dir, out, seed, anchor_cache,
+                                                                         timings)
+    variant_test = subset(test_all, s.variant_test_subset, seed) if s.variant_test_subset else test_data
     standalone_variant = standalone if variant_test is test_data else [accuracy(m, variant_test) for m in anchors]
-    gaps = [b - a for a, b in zip(standalone, standalone[1:])]
-    log(f'standalone anchors: {[round(a, 2) for a in standalone]} on {len(test_data[0])} test images')
-    if min(gaps) < 1.0:
-        log(f'WARNING: the anchors are not separated by a point each (gaps {[round(g, 2) for g in gaps]}): '
-            f'train them longer (--anchor-epochs)')
+    pairs = anchor_pairs(create_snnet(s), names)
 
     seeds = [seed + i for i in range(s.num_seeds)]
     results = dict(setting=asdict(s), seed=seed, seeds=seeds, model='snnet_deit_tsb',
@@ -399,18 +494,17 @@ def run(s: Setting, data_dir: Path, out: Path, seed: int, log: Callable[[str], N
                    standalone_variant_subset=standalone_variant, anchor_gaps=gaps, runs={}, variants={})
     main = s.variants[0]
     plan = [(main, k) for k in seeds] + [(v, seeds[0]) for v in s.variants[1:]]
-    for variant, k in plan:
-        snnet = train_snnet(s, variant, k, anchors, train_data, log, timings)
-        pairs = anchor_pairs(snnet, names)
+    for variant, k in tqdm(plan, desc='SN-Net runs', disable=len(plan) < 2):
         first = variant == main and k == seeds[0]
         data = test_data if variant == main else variant_test
-        start = time.perf_counter()
-        rows = sweep_rows(snnet, data, s.batch_size, s.latency_iters if first else 0, log)
-        timings[f'{variant}_seed{k}_sweep'] = time.perf_counter() - start
+        one = cached_run(s, variant, s.kd, s.snnet_epochs, k, anchors, train_data, data,
+                         s.latency_iters if first else 0, out / 'runs', log, timings)
+        rows = one['rows']
         ref = standalone if data is test_data else standalone_variant
         summary = summarize(rows, num_anchors, pairs, ref)
-        run_result = dict(variant=variant, seed=k, rows=rows, test_images=len(data[0]),
-                          sampling=VARIANTS[variant][0], stitch_lr_scale=VARIANTS[variant][1], **summary)
+        run_result = dict(variant=variant, seed=k, kd=s.kd, epochs=s.snnet_epochs, rows=rows, test_images=len(data[0]),
+                          sampling=VARIANTS[variant][0], stitch_lr_scale=VARIANTS[variant][1], **summary,
+                          **{t: one[t] for t in ('train_cpu_s', 'train_wall_s', 'sweep_cpu_s', 'sweep_wall_s')})
         results['runs'][f'{variant}/seed{k}'] = run_result
         log(f'{variant} seed {k}: anchors {[round(a, 2) for a in summary["anchor_top1"]]} (change '
             f'{[round(a, 2) for a in summary["anchor_change"]]}), spearman {summary["spearman"]:.3f}, '
@@ -419,6 +513,7 @@ def run(s: Setting, data_dir: Path, out: Path, seed: int, log: Callable[[str], N
             results['variants'][variant] = run_result
             where = out if first else out / variant
             if first:
+                snnet = load_run_model(s, one, out / 'runs')
                 save_file({k_: v.contiguous() for k_, v in snnet.state_dict().items()}, str(out / 'snnet.safetensors'))
                 export_demo_model(snnet, rows, test_all, s.demo_images, out / 'model', variant, k)
             write_sweep(where, variant, model_kwargs(s.widths, s.patch_size), rows, s.batch_size,
@@ -431,11 +526,121 @@ def run(s: Setting, data_dir: Path, out: Path, seed: int, log: Callable[[str], N
     plot_seeds(main_runs, num_anchors, names, f'{main}: {len(seeds)} seeds, {len(test_data[0])} test images',
                out / 'pareto_seeds.png')
     timings['total'] = time.perf_counter() - t0
+    timings['total_cpu_this_process'] = time.process_time() - cpu0
+    timings['total_cpu_runs'] = sum(r['train_cpu_s'] + r['sweep_cpu_s'] for r in results['runs'].values())
     results['timings'] = timings
     (out / 'results.json').write_text(json.dumps(results, indent=1) + '\n')
     (out / 'report.md').write_text(report(results))
     log(f'done in {timings["total"]:.0f}s: {out / "report.md"}, {out / "pareto.png"}, {out / "sweep.json"}')
     return results
+
+
+def anchors_only(s: Setting, data_dir: Path, out: Path, seed: int, only: Sequence[int],
+                 anchor_cache: Optional[Path] = None) -> list[float]:
+    """Train (or read) the anchors `only` and log their standalone top-1 on the sweep's test images."""
+    train_data = subset(load_split(data_dir, 'train'), s.train_subset, seed)
+    test_data = subset(load_split(data_dir, 'test'), s.test_subset, seed)
+    timings: dict[str, float] = {}
+    models = standalone_anchors(s, train_data, seed, anchor_cache or out / 'anchors', log, timings, only)
+    top1 = [accuracy(m, test_data) for m in models]
+    for i, a in zip(only, top1):
+        log(f'anchor {i} (width {s.widths[i]}): standalone top-1 {a:.2f} on {len(test_data[0])} test images, '
+            f'train {timings.get(f"anchor{i}_train", 0):.0f}s')
+    return top1
+
+
+def study(s: Setting, data_dir: Path, out: Path, seed: int, anchor_cache: Optional[Path] = None,
+          train: bool = True) -> dict:
+    """SN-Net epochs x distillation (`study_epochs` x `study_kd`) for the main variant and this seed, then a report
+    over every seed of those settings found in OUT/runs: study.json, study.md, study.png."""
+    timings: dict[str, float] = {}
+    names, num_anchors, variant = ('Ti', 'S', 'B'), len(s.widths), s.variants[0]
+    train_data, _, test_data, anchors, standalone, gaps = prepare(s, data_dir, out, seed, anchor_cache, timings)
+    pairs = anchor_pairs(create_snnet(s), names)
+    runs = out / 'runs'
+    plan = [(kd, e) for kd in s.study_kd for e in s.study_epochs]
+    if train:
+        for kd, epochs in tqdm(plan, desc='study runs'):
+            cached_run(s, variant, kd, epochs, seed, anchors, train_data, test_data, 0, runs, log, timings)
+    cells = []
+    for kd, epochs in plan:
+        found = []
+        for k in range(seed, seed + 10):
+            path = runs / f'{run_key(s, variant, kd, epochs, k, len(test_data[0]))}.json'
+            if path.is_file():
+                found.append(json.loads(path.read_text()))
+        if not found:
+            continue
+        summaries = [summarize(r['rows'], num_anchors, pairs, standalone) for r in found]
+        cells.append(dict(kd=kd, epochs=epochs, seeds=[r['seed'] for r in found], **aggregate(summaries),
+                          pareto=[sm['pareto'] for sm in summaries],
+                          above_band=[sm['above_band'] for sm in summaries],
+                          below_band=[sm['below_band'] for sm in summaries],
+                          train_cpu_s=mean_std([r['train_cpu_s'] for r in found]),
+                          sweep_cpu_s=mean_std([r['sweep_cpu_s'] for r in found]),
+                          rows=[r['rows'] for r in found]))
+    result = dict(setting=asdict(s), variant=variant, standalone=standalone, anchor_gaps=gaps, cells=cells)
+    (out / 'study.json').write_text(json.dumps(result, indent=1) + '\n')
+    (out / 'study.md').write_text(study_report(result))
+    plot_study(result, num_anchors, out / 'study.png')
+    log(f'study: {len(cells)} settings: {out / "study.md"}, {out / "study.png"}')
+    return result
+
+
+def study_report(r: dict) -> str:
+    """study.md: one row per (distillation, epochs), mean ± std over the seeds found."""
+    names = ('Ti', 'S', 'B')
+    pair_names = list(r['cells'][0]['spearman_pairs']) if r['cells'] else []
+    lines = [f'# Fashion-MNIST SN-Net study: epochs x distillation (`{r["variant"]}`)', '',
+             'Standalone: ' + ', '.join(f'{n} {a:.2f}' for n, a in zip(names, r['standalone']))
+             + ' (gaps ' + ', '.join(f'{g:+.2f}' for g in r['anchor_gaps']) + ').', '',
+             '| distillation | epochs | seeds | ' + ' | '.join(f'{n} change' for n in names) + ' | '
+             + ' | '.join(f'Spearman {p}' for p in pair_names)
+             + ' | in band | above / below | mean stitch top-1 | stitches on the Pareto front | train CPU (s) |',
+             '|---|---|---|' + '---|' * (len(names) + len(pair_names)) + '---|---|---|---|---|']
+    for c in r['cells']:
+        front = [len([i for i in p if i >= len(names)]) for p in c['pareto']]
+        lines.append(
+            f'| {c["kd"]} | {c["epochs"]:g} | {len(c["seeds"])} | '
+            + ' | '.join(_pm(v) for v in c['anchor_change']) + ' | '
+            + ' | '.join(_pm(c['spearman_pairs'][p], 3) for p in pair_names)
+            + f' | {_pm(c["in_band_share"], 3)} | {np.mean(c["above_band"]):.1f} / {np.mean(c["below_band"]):.1f} | '
+            f'{c["mean_stitch_top1"][0]:.2f} ± {c["mean_stitch_top1"][1]:.2f} | {", ".join(map(str, front))} | '
+            f'{c["train_cpu_s"][0]:.0f} |')
+    return '\n'.join(lines) + '\n'
+
+
+def plot_study(r: dict, num_anchors: int, output: Path) -> Path:
+    """One panel per distillation setting: every config of the first seed, coloured by SN-Net epochs."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    kds = list(dict.fromkeys(c['kd'] for c in r['cells']))
+    fig = Figure(figsize=(5.5 * max(1, len(kds)), 4.5), dpi=110)
+    FigureCanvasAgg(fig)
+    colors = ('tab:blue', 'tab:orange', 'tab:green', 'tab:red', 'tab:purple')
+    ax0 = None
+    for j, kd in enumerate(kds):
+        ax = fig.add_subplot(1, len(kds), j + 1, sharey=ax0)
+        ax0 = ax0 or ax
+        for i, c in enumerate(x for x in r['cells'] if x['kd'] == kd):
+            rows = c['rows'][0]
+            ax.scatter([1e3 * x['gflops'] for x in rows[num_anchors:]], [x['top1'] for x in rows[num_anchors:]], s=9,
+                       alpha=0.5, color=colors[i % len(colors)], label=f'{c["epochs"]:g} epochs')
+            ax.scatter([1e3 * x['gflops'] for x in rows[:num_anchors]], [x['top1'] for x in rows[:num_anchors]],
+                       marker='*', s=110, color=colors[i % len(colors)], edgecolor='black', zorder=3)
+        for a in r['standalone']:
+            ax.axhline(a, color='grey', lw=0.6, ls='--')
+        ax.set_xscale('log')
+        ax.set_xlabel('MFLOPs (fvcore, batch 1)')
+        ax.set_title(f'distillation: {kd}')
+        ax.grid(alpha=0.3)
+        ax.legend(loc='lower right', fontsize=8)
+    if ax0 is not None:
+        ax0.set_ylabel('top-1 (%), dashed: standalone anchors')
+    fig.tight_layout()
+    fig.savefig(output)
+    return output
 
 
 def demo_subset(test_all: tuple[torch.Tensor, torch.Tensor], n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -540,11 +745,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument('--output', type=Path, default=Path('out/fashion_mnist'))
     p.add_argument('--anchor-cache', type=Path, default=None,
                    help='folder of trained standalone anchors, reused across runs (default OUTPUT/anchors)')
+    p.add_argument('--study', action='store_true',
+                   help='SN-Net epochs x distillation (--study-epochs, --study-kd) for one seed, and its report')
+    p.add_argument('--study-report', action='store_true', help='only the report of the study runs already done')
+    p.add_argument('--anchors-only', default=None, metavar='I,J',
+                   help='only train (or read from the cache) these anchors and print their standalone top-1')
     p.add_argument('--threads', type=int, default=1,
                    help='torch threads (default 1: on a shared 2-core machine, 2 threads stall on each other)')
     for f in fields(Setting):  # every setting can be overridden, e.g. --train-subset 512 --variants uniform
-        kind = {int: int, float: float}.get(type(f.default))
-        if f.name in ('widths', 'variants'):
+        kind = {int: int, float: float, str: str}.get(type(f.default))
+        if f.name in ('widths', 'variants', 'study_epochs', 'study_kd'):
             p.add_argument(f'--{f.name.replace("_", "-")}', default=None, help=f'comma list (default {f.default})')
         else:
             p.add_argument(f'--{f.name.replace("_", "-")}', type=kind or int, default=None,
@@ -560,6 +770,13 @@ def setting_from(args: argparse.Namespace) -> Setting:
             continue
         if f.name == 'widths':
             v = tuple(int(w) for w in v.split(','))
+        elif f.name == 'study_epochs':
+            v = tuple(float(e) for e in v.split(','))
+        elif f.name in ('study_kd', 'kd'):
+            v = tuple(v.split(',')) if f.name == 'study_kd' else v
+            unknown = set(v if f.name == 'study_kd' else [v]) - set(KD)
+            if unknown:
+                raise SystemExit(f'unknown distillation {sorted(unknown)}; choose from {", ".join(KD)}')
         elif f.name == 'variants':
             v = tuple(v.split(','))
             unknown = set(v) - set(VARIANTS)
@@ -589,6 +806,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     setting = setting_from(args)
     if len(setting.widths) != len(DEIT_TSB):
         raise SystemExit(f'--widths needs {len(DEIT_TSB)} values (the three anchors), got {setting.widths}')
+    if args.study or args.study_report:
+        return run_cli(lambda: study(setting, args.data_dir, args.output, args.seed, args.anchor_cache,
+                                     train=not args.study_report), args.threads)
+    if args.anchors_only is not None:
+        only = [int(i) for i in args.anchors_only.split(',')]
+        return run_cli(lambda: anchors_only(setting, args.data_dir, args.output, args.seed, only, args.anchor_cache),
+                       args.threads)
     return run_cli(lambda: run(setting, args.data_dir, args.output, args.seed, log, args.anchor_cache), args.threads)
 
 

@@ -13,9 +13,9 @@ from .. import SNNetLoadError
 from .._anchors import AnchorCheckpointError
 from .._convert import ConversionError
 from .._load import create_snnet
-from . import convert, coverage, export, push, run, serve, sweep
+from . import convert, coverage, export, push, scripts, serve, sweep
 
-COMMANDS = (run, sweep, push, convert, export, coverage, serve)
+COMMANDS = (scripts, sweep, push, convert, export, coverage, serve)
 # what the library raises for bad input: one line `timm-snnet COMMAND: message` on stderr, exit status 2
 USER_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError, ImportError,
                SNNetLoadError, AnchorCheckpointError, ConversionError)

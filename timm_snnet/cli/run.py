@@ -1,70 +1,9 @@
-"""Run timm's own scripts (train.py, validate.py, benchmark.py) unmodified, with the SN-Net models registered.
-
-timm has no plugin discovery and pip does not ship its scripts, so this imports `timm_snnet` (which registers the
-`snnet_*` models) and then runs the given script as `__main__`, as `python SCRIPT.py ARGS...` would:
-
-    timm-snnet run train.py --model snnet_deit_tsb ...
-    python -m timm_snnet.cli.run validate.py --model snnet_deit_tsb ...
-    torchrun --nproc_per_node=8 -m timm_snnet.cli.run train.py --model snnet_deit_tsb ...
-"""
-from __future__ import annotations
-
-import argparse
-import os
-import runpy
+"""`python -m timm_snnet.cli.run SCRIPT.py ARGS...`: timm's train.py / validate.py / benchmark.py with the SN-Net models
+registered; the entry for `torchrun -m timm_snnet.cli.run`. The work is in `scripts.py`: the `timm_snnet.cli`
+package does not import this module, so `python -m` runs it without runpy's double-import warning."""
 import sys
-from typing import Optional, Sequence
 
-import timm_snnet  # noqa: F401  (registers the snnet_* models)
-
-__all__ = ['run_script', 'add_commands', 'main']
-
-_USAGE = ('usage: python -m timm_snnet.cli.run SCRIPT.py [ARGS...]\n'
-          "SCRIPT.py is one of timm's scripts (train.py, validate.py, benchmark.py) from a checkout of "
-          'https://github.com/huggingface/pytorch-image-models; pip does not ship them.')
-
-
-def run_script(script: str, args: Sequence[str] = ()) -> None:
-    """Import the plugin, then run `script` as `__main__` with `sys.argv = [script, *args]`, untouched."""
-    path = os.path.abspath(script)
-    if not os.path.isfile(path):
-        raise SystemExit(f'timm-snnet run: no script at {script!r}.\n{_USAGE}')
-    saved_argv, saved_path0 = sys.argv, sys.path[0] if sys.path else None
-    sys.argv = [script, *args]
-    if sys.path:
-        sys.path[0] = os.path.dirname(path)  # as `python SCRIPT.py` sets it
-    else:
-        sys.path.insert(0, os.path.dirname(path))
-    try:
-        runpy.run_path(path, run_name='__main__')
-    finally:
-        sys.argv = saved_argv
-        if saved_path0 is not None:
-            sys.path[0] = saved_path0
-
-
-def _run(args: argparse.Namespace) -> int:
-    run_script(args.script, [*args.args, *getattr(args, 'extra', [])])
-    return 0
-
-
-def add_commands(subparsers) -> None:
-    p = subparsers.add_parser(
-        'run', help="run timm's train.py / validate.py / benchmark.py with the snnet models registered",
-        description=_USAGE.split('\n', 1)[1])
-    p.add_argument('script', help="path to timm's train.py, validate.py or benchmark.py")
-    p.add_argument('args', nargs=argparse.REMAINDER, help="the script's own arguments, passed untouched")
-    p.set_defaults(func=_run, accepts_extra=True)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ('-h', '--help'):
-        print(_USAGE, file=sys.stderr if not argv else sys.stdout)
-        return 0 if argv else 2
-    run_script(argv[0], argv[1:])
-    return 0
-
+from .scripts import main
 
 if __name__ == '__main__':
     sys.exit(main())
