@@ -79,3 +79,47 @@ def test_pipeline_smoke(tmp_path):
     assert (out / 'pareto.png').stat().st_size > 0 and (out / 'pareto_anchor_boost.png').stat().st_size > 0
     assert (out / 'snnet.safetensors').is_file()
     assert '## Anchors: standalone vs inside the SN-Net' in (out / 'report.md').read_text()
+
+
+def test_inplace_teacher_leaves_the_student_sampling():
+    """In-place distillation: timm's task puts its teacher in eval mode; the SN-Net (student and teacher at once)
+    keeps training and sampling, and the teacher's logits are the largest anchor's."""
+    s = reproduce.Setting(widths=(8, 16, 32))
+    snnet = reproduce.create_snnet(s)
+    task = reproduce.distillation_task(s, 'inplace', snnet, None)
+    task.train()
+    assert snnet.training and task.teacher.model is not snnet and not task.teacher.training
+    x, y = torch.randn(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
+    out = task(x, y)
+    assert out['kd_loss'] > 0 and out['loss'].requires_grad
+    with torch.no_grad():
+        assert torch.equal(task.teacher.model(x), snnet(x, stitch_id=2))
+    assert reproduce.distillation_task(s, 'none', snnet, None) is None
+
+
+@needs_data
+@pytest.mark.timeout(300)
+def test_study_smoke(tmp_path):
+    """--study: epochs x distillation on tiny subsets, each run cached (a second call trains nothing), a report."""
+    out = tmp_path / 'out'
+    args = ['--quick', '--study', '--output', str(out), '--train-subset', '128', '--test-subset', '32',
+            '--batch-size', '64', '--study-epochs', '0.5,1', '--study-kd', 'none,teacher,inplace', '--widths',
+            '8,16,24', '--anchor-epochs', '0.5']
+    threads = torch.get_num_threads()
+    try:
+        assert reproduce.main(args) == 0
+        runs = sorted(p.name for p in (out / 'runs').glob('*.json'))
+        assert len(runs) == 6 and any('kd-inplace_0.5ep_seed0' in r for r in runs)
+        stamp = {p: p.stat().st_mtime_ns for p in (out / 'runs').iterdir()}
+        assert reproduce.main(args) == 0
+        assert {p: p.stat().st_mtime_ns for p in (out / 'runs').iterdir()} == stamp
+    finally:
+        torch.set_num_threads(threads)
+    study = json.loads((out / 'study.json').read_text())
+    assert [(c['kd'], c['epochs']) for c in study['cells']] == [
+        (kd, e) for kd in ('none', 'teacher', 'inplace') for e in (0.5, 1.0)]
+    assert all(len(c['anchor_change']) == 3 and set(c['spearman_pairs']) == {'Ti->S', 'S->B'} for c in study['cells'])
+    assert '| inplace | 0.5 | 1 |' in (out / 'study.md').read_text()
+    assert (out / 'study.png').stat().st_size > 0
+    with pytest.raises(SystemExit, match='unknown distillation'):
+        reproduce.main(args[:-4] + ['--study-kd', 'hard'])

@@ -334,7 +334,7 @@ def plot_seeds(runs: Sequence[dict], num_anchors: int, names: Sequence[str], tit
 # --- settings and pipeline -----------------------------------------------------------------------------------------
 @dataclass
 class Setting:
-    widths: tuple[int, ...] = (32, 64, 128)
+    widths: tuple[int, ...] = (8, 28, 128)
     patch_size: int = 7
     anchor_epochs: float = 3.0
     snnet_epochs: float = 1.0
@@ -343,6 +343,7 @@ class Setting:
     kd_temperature: float = 1.0
     study_epochs: tuple[float, ...] = (1.0, 3.0, 6.0)  # --study: SN-Net epochs x distillation, one seed
     study_kd: tuple[str, ...] = ('none', 'teacher')
+    study_seeds: tuple[int, ...] = (0,)  # SN-Net seeds of the study runs (anchors and test images: --seed)
     batch_size: int = 128
     anchor_lr: float = 1e-3
     snnet_lr: float = 3e-4
@@ -541,6 +542,7 @@ def anchors_only(s: Setting, data_dir: Path, out: Path, seed: int, only: Sequenc
     train_data = subset(load_split(data_dir, 'train'), s.train_subset, seed)
     test_data = subset(load_split(data_dir, 'test'), s.test_subset, seed)
     timings: dict[str, float] = {}
+    only = sorted(set(only))
     models = standalone_anchors(s, train_data, seed, anchor_cache or out / 'anchors', log, timings, only)
     top1 = [accuracy(m, test_data) for m in models]
     for i, a in zip(only, top1):
@@ -551,8 +553,8 @@ def anchors_only(s: Setting, data_dir: Path, out: Path, seed: int, only: Sequenc
 
 def study(s: Setting, data_dir: Path, out: Path, seed: int, anchor_cache: Optional[Path] = None,
           train: bool = True) -> dict:
-    """SN-Net epochs x distillation (`study_epochs` x `study_kd`) for the main variant and this seed, then a report
-    over every seed of those settings found in OUT/runs: study.json, study.md, study.png."""
+    """SN-Net epochs x distillation (`study_epochs` x `study_kd`) for the main variant and `study_seeds`, then a
+    report over every seed of those settings found in OUT/runs: study.json, study.md, study.png."""
     timings: dict[str, float] = {}
     names, num_anchors, variant = ('Ti', 'S', 'B'), len(s.widths), s.variants[0]
     train_data, _, test_data, anchors, standalone, gaps = prepare(s, data_dir, out, seed, anchor_cache, timings)
@@ -560,8 +562,8 @@ def study(s: Setting, data_dir: Path, out: Path, seed: int, anchor_cache: Option
     runs = out / 'runs'
     plan = [(kd, e) for kd in s.study_kd for e in s.study_epochs]
     if train:
-        for kd, epochs in tqdm(plan, desc='study runs'):
-            cached_run(s, variant, kd, epochs, seed, anchors, train_data, test_data, 0, runs, log, timings)
+        for kd, epochs, k in tqdm([(kd, e, k) for kd, e in plan for k in s.study_seeds], desc='study runs'):
+            cached_run(s, variant, kd, epochs, k, anchors, train_data, test_data, 0, runs, log, timings)
     cells = []
     for kd, epochs in plan:
         found = []
@@ -754,7 +756,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help='torch threads (default 1: on a shared 2-core machine, 2 threads stall on each other)')
     for f in fields(Setting):  # every setting can be overridden, e.g. --train-subset 512 --variants uniform
         kind = {int: int, float: float, str: str}.get(type(f.default))
-        if f.name in ('widths', 'variants', 'study_epochs', 'study_kd'):
+        if f.name in ('widths', 'variants', 'study_epochs', 'study_kd', 'study_seeds'):
             p.add_argument(f'--{f.name.replace("_", "-")}', default=None, help=f'comma list (default {f.default})')
         else:
             p.add_argument(f'--{f.name.replace("_", "-")}', type=kind or int, default=None,
@@ -768,7 +770,7 @@ def setting_from(args: argparse.Namespace) -> Setting:
         v = getattr(args, f.name)
         if v is None:
             continue
-        if f.name == 'widths':
+        if f.name in ('widths', 'study_seeds'):
             v = tuple(int(w) for w in v.split(','))
         elif f.name == 'study_epochs':
             v = tuple(float(e) for e in v.split(','))
