@@ -89,7 +89,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument('--test-subset', type=int, default=2000, help='test images for both arms (0: all 10,000)')
     p.add_argument('--threads', type=int, default=1)
     args = p.parse_args(argv)
-    s = r.Setting(train_subset=args.train_subset or None, test_subset=args.test_subset or None, anchor_epochs=1.0)
+    s = r.Setting(widths=(32, 64, 128), train_subset=args.train_subset or None, test_subset=args.test_subset or None,
+                  anchor_epochs=1.0)  # the widths of its run in RESULTS.md
     return r.run_cli(lambda: run(s, args.data_dir, args.output, args.cache, args.seed, r.log), args.threads)
 
 
