@@ -1,6 +1,7 @@
 """An SN-Net as the student of timm's knowledge distillation: train.py's `--kd-model-name` logit path (the teacher
 created by timm from a `local-dir:` name), and the start-up checks that refuse set-ups that would not teach."""
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -109,3 +110,20 @@ def test_launcher_stops_before_train_py_runs(tmp_path, entry):
     assert proc.returncode == 2 and len(lines) == 1 and 'Traceback' not in proc.stderr, proc.stderr[-2000:]
     assert lines[0].startswith('timm-snnet run: teacher') and 'trained for 5 classes' in lines[0]
     assert not marker.exists()
+
+
+def _train_commands(path: Path) -> list[list[str]]:
+    """Every `timm-snnet run train.py ... --kd-model-name ...` command in a doc's bash blocks, as arguments."""
+    text = path.read_text().replace('\\\n', ' ')
+    commands = [shlex.split(line.split('#')[0]) for line in text.splitlines()
+                if line.startswith('timm-snnet run train.py') and '--kd-model-name' in line]
+    return [c[3:] for c in commands]
+
+
+@pytest.mark.parametrize('doc', ['README.md', 'docs/training.md'])
+def test_documented_recipes_pass_the_checks(doc):
+    """The distillation command lines the docs print pass the launcher's checks (the `...` left out)."""
+    commands = _train_commands(ROOT / doc)
+    assert commands
+    for args in commands:
+        assert check_train_args([a for a in args if a != '...']).startswith('distilling from'), args

@@ -228,12 +228,18 @@ def sweep_rows(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor], batch_
         row = dict(id=c.id, path=model.describe(c), gflops=round(c.gflops, 6), params=int(c.params),
                    top1=round(top1, 4), top5=round(top5, 4))
         if latency_iters:
-            row['latency_ms_b1'] = round(measure_latency(model, (1, 28, 28), 1, device, 2, latency_iters), 4)
-            row['latency_ms_bN'] = round(measure_latency(model, (1, 28, 28), batch_size, device, 2, latency_iters), 4)
+            row.update(latency_row(model, c.id, batch_size, latency_iters))
         rows.append(row)
         if c.id % 10 == 0:
             log(f'  sweep: config {c.id}/{model.num_configs - 1} top-1 {top1:.2f}')
     return rows
+
+
+def latency_row(model: nn.Module, stitch_id: int, batch_size: int, iters: int) -> dict:
+    """Median latency (ms) of one stitch at batch 1 and `batch_size`."""
+    model.set_stitch(stitch_id)
+    return {f'latency_ms_{b}': round(measure_latency(model, (1, 28, 28), n, torch.device('cpu'), 2, iters), 4)
+            for b, n in (('b1', 1), ('bN', batch_size))}
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
@@ -525,6 +531,9 @@ def run(s: Setting, data_dir: Path, out: Path, seed: int, log: Callable[[str], N
             where = out if first else out / variant
             if first:
                 snnet = load_run_model(s, one, out / 'runs')
+                if s.latency_iters and 'latency_ms_b1' not in rows[0]:  # a run cached by --study: time it now
+                    rows = [dict(r, **latency_row(snnet, r['id'], s.batch_size, s.latency_iters)) for r in rows]
+                    run_result['rows'] = rows
                 save_file({k_: v.contiguous() for k_, v in snnet.state_dict().items()}, str(out / 'snnet.safetensors'))
                 export_demo_model(snnet, rows, test_all, s.demo_images, out / 'model', variant, k)
             write_sweep(where, variant, model_kwargs(s.widths, s.patch_size), rows, s.batch_size,
@@ -718,7 +727,9 @@ def report(r: dict) -> str:
         f'# Fashion-MNIST SN-Net run (seeds {", ".join(map(str, r["seeds"]))})', '',
         f'Anchors: DeiT (timm VisionTransformer), depth 12, widths {s["widths"]}, patch {s["patch_size"]} on 28x28, '
         f'{s["anchor_epochs"]} epochs standalone, trained once; SN-Net: {len(main["rows"])} configs, LS init from '
-        f'{s["ls_images"]} images, {s["snnet_epochs"]} epochs per run. Train images: {s["train_subset"] or 60000}.',
+        f'{s["ls_images"]} images, {s["snnet_epochs"]} epochs per run, distillation: {s["kd"]} (timm\'s '
+        f'LogitDistillationTask, task weight {s["kd_task_weight"]}, T {s["kd_temperature"]}). Train images: '
+        f'{s["train_subset"] or 60000}.',
         '',
         '## Anchors: standalone vs inside the SN-Net (top-1 %)', '',
         f'Standalone: {", ".join(f"{n} {a:.2f}" for n, a in zip(names, r["standalone"]))} on {main["test_images"]} '
