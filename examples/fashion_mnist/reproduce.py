@@ -335,7 +335,8 @@ def plot_seeds(runs: Sequence[dict], num_anchors: int, names: Sequence[str], tit
     for i, name in enumerate(names[:num_anchors]):
         r = runs[0]['rows'][i]
         ax.annotate(name, (1e3 * r['gflops'], r['top1']), textcoords='offset points', xytext=(6, -12))
-    ax.set_xlabel('MFLOPs (fvcore, batch 1)')
+    ax.set_xscale('log')  # anchors 0.2 to 41 MFLOPs: both pairs readable
+    ax.set_xlabel('MFLOPs (fvcore, batch 1, log scale)')
     ax.set_ylabel('top-1 (%)')
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -643,6 +644,7 @@ def plot_study(r: dict, num_anchors: int, output: Path) -> Path:
     from matplotlib.figure import Figure
 
     kds = list(dict.fromkeys(c['kd'] for c in r['cells']))
+    epochs = sorted({c['epochs'] for c in r['cells']})  # one colour per epoch count, in every panel
     fig = Figure(figsize=(5.5 * max(1, len(kds)), 4.5), dpi=110)
     FigureCanvasAgg(fig)
     colors = ('tab:blue', 'tab:orange', 'tab:green', 'tab:red', 'tab:purple')
@@ -650,10 +652,10 @@ def plot_study(r: dict, num_anchors: int, output: Path) -> Path:
     for j, kd in enumerate(kds):
         ax = fig.add_subplot(1, len(kds), j + 1, sharey=ax0)
         ax0 = ax0 or ax
-        for i, c in enumerate(x for x in r['cells'] if x['kd'] == kd):
-            rows = c['rows'][0]
+        for c in (x for x in r['cells'] if x['kd'] == kd):
+            rows, i = c['rows'][0], epochs.index(c['epochs'])
             ax.scatter([1e3 * x['gflops'] for x in rows[num_anchors:]], [x['top1'] for x in rows[num_anchors:]], s=9,
-                       alpha=0.5, color=colors[i % len(colors)], label=f'{c["epochs"]:g} epochs')
+                       alpha=0.5, color=colors[i % len(colors)], label=f'SN-Net epochs: {c["epochs"]:g}')
             ax.scatter([1e3 * x['gflops'] for x in rows[:num_anchors]], [x['top1'] for x in rows[:num_anchors]],
                        marker='*', s=110, color=colors[i % len(colors)], edgecolor='black', zorder=3)
         for a in r['standalone']:
