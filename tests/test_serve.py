@@ -23,11 +23,13 @@ import pytest
 from PIL import Image
 from safetensors.torch import load_file
 
+from timm_snnet import pareto_front
 from timm_snnet._serve import RequestError, StitchController, check_port, decode_image, parse_budget
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / 'examples' / 'fashion_mnist' / 'model'
 TABLE = {r['id']: r for r in json.loads((MODEL / 'config.json').read_text())['model_args']['stitch_table']}
+FRONT = [TABLE[k] for k in pareto_front(list(TABLE.values()), 'gflops', 'top1')]  # what serve serves by default
 SLO_MS = 25.0
 MAX_BODY = 50_000  # --max-body-mb below, in bytes (rounded down)
 
@@ -145,12 +147,13 @@ def test_build_app_from_python():
 
     from timm_snnet._serve import app_builder, build_app
 
-    app = build_app(f'local-dir:{MODEL}', slo_ms=SLO_MS, latency_table=ROWS)
+    app = build_app(f'local-dir:{MODEL}', slo_ms=SLO_MS, stitches='0-2', latency_table=ROWS)
     assert isinstance(app, Application)
-    assert isinstance(app_builder({'model': f'local-dir:{MODEL}', 'stitch_id': 1, 'latency_table': ROWS}),
+    assert isinstance(app_builder({'model': f'local-dir:{MODEL}', 'stitch_id': 1, 'stitches': '0-2',
+                                   'latency_table': ROWS}),
                       Application)
-    with pytest.raises(ValueError, match='latency_ms_b'):
-        build_app(f'local-dir:{MODEL}', stitches='3', latency_table=ROWS)
+    with pytest.raises(ValueError, match='latency_ms_b'):  # by default it serves the table's Pareto front
+        build_app(f'local-dir:{MODEL}', latency_table=ROWS)
 
 
 # --- the live server -----------------------------------------------------------------------------------------------
@@ -216,7 +219,8 @@ def test_health_and_table(server):
     assert _call(server['url'], '/health') == (200, {'status': 'ok'})
     status, doc = _call(server['url'], '/stitches')
     assert status == 200 and doc['mode'] == 'adaptive'
-    assert [r['path'] for r in doc['rows']] == ['Ti', 'S', 'B']
+    assert sorted(r['id'] for r in doc['rows']) == sorted(r['id'] for r in FRONT)
+    assert len(FRONT) > 3 and {'Ti', 'S', 'B'} < {r['path'] for r in doc['rows']}  # stitches are served too
     assert all(r['latency_ms_b1'] > 0 and r['latency_ms_b32'] > 0 and r['top1'] == TABLE[r['id']]['top1']
                for r in doc['rows'])
     assert doc['controller']['slo_ms'] == SLO_MS
@@ -237,7 +241,8 @@ def test_predict_raw_json_and_budgets(server, images):
     status, doc = _call(url, '/predict', body, 'application/json')
     assert status == 200 and doc['path'] == 'Ti' and doc['predictions'][0]['label'] == str(label)
     assert _call(url, '/predict?stitch_id=37', png, 'image/png')[1]['stitch_id'] == 37  # any id, not only served
-    assert _call(url, '/predict?max_gflops=0.02', png, 'image/png')[1]['path'] == 'S'
+    best = max((r for r in FRONT if r['gflops'] <= 0.02), key=lambda r: r['top1'])
+    assert _call(url, '/predict?max_gflops=0.02', png, 'image/png')[1]['path'] == best['path']
     assert _call(url, '/predict?min_top1=86', png, 'image/png')[1]['path'] == 'B'
     body = json.dumps({'image': base64.b64encode(png).decode(), 'min_top1': 84, 'max_gflops': 0.005}).encode()
     assert _call(url, '/predict', body, 'application/json') == (400, {'error': _call(
@@ -273,7 +278,7 @@ def test_adaptive_stitch_follows_load(server, images):
     assert {d['path'] for _, d in answers} - {'B'}, 'the controller never stepped down under load'
     status, m = _call(url, '/metrics')
     assert status == 200 and m['mode'] == 'adaptive' and m['switches'] >= 1 and m['requests'] >= 193
-    assert 0 <= m['slo_attainment'] <= 1 and m['path'] in {'Ti', 'S', 'B'}
+    assert 0 <= m['slo_attainment'] <= 1 and m['path'] in {r['path'] for r in FRONT}
 
 
 def test_bad_input_gets_4xx_and_server_keeps_serving(server, images):
