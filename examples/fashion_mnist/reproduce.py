@@ -373,7 +373,7 @@ class Setting:
     demo_images: int = 1000  # test images shipped beside the demo model
 
 
-QUICK = dict(anchor_epochs=1.0, snnet_epochs=1.0, train_subset=6000, test_subset=1000, variant_test_subset=500,
+QUICK = dict(anchor_epochs=3.0, snnet_epochs=1.0, train_subset=6000, test_subset=1000, variant_test_subset=500,
              num_seeds=2, latency_iters=1, demo_images=200)
 
 
