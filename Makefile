@@ -54,7 +54,7 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 $(FMNIST_DIR):
 	apt-get install -y dataset-fashion-mnist || (apt-get update && apt-get install -y dataset-fashion-mnist)
 
-# the paper's FLOPs-accuracy curve on Fashion-MNIST (23 min of CPU time, 48 min wall on 2 shared cores; QUICK=1: ~3 min)
+# the paper's FLOPs-accuracy curve on Fashion-MNIST (66 min of CPU, 67 min wall, one thread; QUICK=1: about 3 min)
 reproduce: $(STAMP) | $(FMNIST_DIR)
 	HF_HUB_OFFLINE=1 $(BIN)/python examples/fashion_mnist/reproduce.py $(if $(QUICK),--quick --output out/fashion_mnist_quick,)
 
