@@ -150,6 +150,9 @@ def check_train_args(argv: Sequence[str]) -> Optional[str]:
     args, _ = _train_parser().parse_known_args(list(argv))
     if args.kd_model_name is None:
         return None
+    source, name = parse_model_name(args.model)
+    if source is None and not name.startswith('snnet'):  # a plain timm student: not ours to build or check
+        return None
     in_chans = args.in_chans or (args.input_size[0] if args.input_size else 3)
     kwargs = dict(args.model_kwargs)
     if args.num_classes is not None:
