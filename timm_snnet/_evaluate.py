@@ -11,6 +11,8 @@ Command line: `timm-snnet init | sweep | plot | select` (`timm_snnet.cli.sweep`)
   atomically). A re-run resumes only when model, kwargs, checkpoint hash, data, transforms, device, batch size and
   latency settings all match the recorded ones (the fingerprint); otherwise one process moves an old one-process
   file to sweep.json.bak and recomputes everything; a process group, or a file it wrote, refuses (see below).
+  Sweeps of one OUT with the same settings may run at once (other --stitches): each write re-reads sweep.json and
+  merges under OUT's lock (`timm_snnet._utils.folder_lock`), so every row is kept.
 - `torchrun --nproc_per_node N [--nnodes M ...] -m timm_snnet.cli sweep ...` (the same arguments) splits the images
   across the ranks in whole batches of the one-process order (`timm_snnet._dist`: why by data and not by config),
   sums the integer correct counts, and rank 0 writes the same files, with the only progress bar; the counts, top-1
@@ -67,7 +69,7 @@ from ._load import create_snnet, load_model
 from ._results import ROW_KEYS as _RESULT_ROW_KEYS
 from ._results import jsonable, load_sweep, write_results
 from ._selection import parse_stitches
-from ._utils import file_sha256
+from ._utils import atomic_file, check_new_file, file_sha256, folder_lock
 
 __all__ = ['ROW_KEYS', 'COUNT_KEYS', 'Accuracy', 'init_checkpoint', 'sweep', 'evaluate']
 
@@ -143,17 +145,20 @@ def init_checkpoint(
         device: Optional[str] = None,
         workers: int = 2,
         progress: bool = True,
+        overwrite: bool = True,
 ) -> Path:
     """LS-init the stitching layers on `num_images` training images (seeded sample, eval transforms); save safetensors.
 
     The file is a plain state dict, so train.py loads it with `--initial-checkpoint` (timm's `load_checkpoint` reads
     `.safetensors` by extension). Train with the same `--model-kwargs` and `--num-classes`. With `anchor_checkpoints`
     the anchors come from the user's files (see `timm_snnet._anchors`); the init file holds them, and its metadata
-    records each file's sha256, so training needs only the init file.
+    records each file's sha256, so training needs only the init file. Without `overwrite` an existing `output` is
+    refused (before any work).
     """
     output = Path(output)
     if output.suffix != '.safetensors':
         raise ValueError(f'--output must end with .safetensors (timm picks the loader by extension), got {output}')
+    check_new_file(output, overwrite)
     if num_images < 1:
         raise ValueError(f'--num-images must be >= 1, got {num_images}')
     dataset = _dataset(data_dir, split, (model_kwargs or {}).get('in_chans', 3))
@@ -177,8 +182,8 @@ def init_checkpoint(
                 split=split, seed=str(seed))
     if anchor_checkpoints is not None:
         meta['anchor_checkpoints'] = json.dumps(anchor_checkpoint_records(anchor_checkpoints, len(model.anchors)))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(output), metadata=meta)
+    with atomic_file(output, overwrite) as tmp:
+        save_file(state, str(tmp), metadata=meta)
     return output
 
 
@@ -265,22 +270,48 @@ def _recorded_rows(out: Path, header: dict[str, Any], selected: Sequence[int], r
     path = out / 'sweep.json'
     if not path.is_file():
         return {}
-    recorded = load_sweep(path)
-    keys, details = _changes(_resume_view(recorded), _resume_view(header))
-    if keys and (refuse or 'ranks' in recorded):  # a sharded sweep's results are never moved aside
+    with folder_lock(out):  # never between another sweep's read and write of OUT
+        if not path.is_file():
+            return {}
+        recorded = load_sweep(path)
+        keys, details = _changes(_resume_view(recorded), _resume_view(header))
+        move = bool(keys) and not (refuse or 'ranks' in recorded)  # a sharded sweep's results are never moved aside
+        if move:
+            os.replace(path, out / 'sweep.json.bak')
+    if move:
+        log(f'{path} was recorded with a different {", ".join(keys)}: recomputing (old results moved to '
+            f'sweep.json.bak)')
+        return {}
+    if keys:
         hint = (' A sharded sweep measures no latency: finish a one-process sweep with one process, and a sharded '
                 'one under torchrun.' if 'latency' in keys else '')
         raise ValueError(f'{path} was recorded with a different {", ".join(keys)} ({details}): refusing to mix its '
                          f'results with this run.{hint} Re-run with the recorded model, checkpoint, data and settings '
                          f'to resume, or pass a new --output (or move {path} away) to start over.')
-    if keys:
-        os.replace(path, out / 'sweep.json.bak')
-        log(f'{path} was recorded with a different {", ".join(keys)}: recomputing (old results moved to '
-            f'sweep.json.bak)')
-        return {}
-    need = _required_keys(header)
-    rows = {r['id']: r for r in recorded['rows'] if isinstance(r, dict) and all(k in r for k in need)}
+    rows = _finished(recorded['rows'], header)
     log(f'resuming {path}: {sum(k in rows for k in selected)} of {len(selected)} selected stitches already measured')
+    return rows
+
+
+def _finished(rows: Sequence[Any], header: dict[str, Any]) -> dict[int, dict]:
+    """The recorded rows that count as done, by id."""
+    need = _required_keys(header)
+    return {r['id']: r for r in rows if isinstance(r, dict) and all(k in r for k in need)}
+
+
+def _write_merged(out: Path, header: dict[str, Any], rows: dict[int, dict]) -> dict[int, dict]:
+    """Write `rows` and the rows other sweeps of the same settings recorded in OUT meanwhile (ours win on an id both
+    measured), under OUT's lock: sweeps of other --stitches into one folder lose nothing. Returns all the rows."""
+    path = out / 'sweep.json'
+    with folder_lock(out):
+        if path.is_file():
+            recorded = load_sweep(path)
+            keys, details = _changes(_resume_view(recorded), _resume_view(header))
+            if keys:
+                raise ValueError(f'{path} was rewritten meanwhile by a sweep with a different {", ".join(keys)} '
+                                 f'({details}): refusing to replace its results; pass another --output')
+            rows = {**_finished(recorded['rows'], header), **rows}
+        write_results(out, {**header, 'rows': list(rows.values())})
     return rows
 
 
@@ -406,6 +437,8 @@ def _sweep(ranks: Ranks, dev: torch.device, model_name: str, checkpoint: PathLik
     input_size = tuple(data_config['input_size'])
     bar = tqdm(todo, desc='sweep', unit='stitch', disable=not (progress and ranks.main))
     for done, k in enumerate(bar, 1):
+        if ranks.broadcast(k in rows if ranks.main else None):
+            continue  # another sweep of this folder measured it meanwhile
         c = configs[k]
         acc = evaluate(model, loader, dev, k)
         correct1, correct5, seen = ranks.all_sum((acc.top1_correct, acc.top5_correct, acc.num_images))
@@ -417,14 +450,13 @@ def _sweep(ranks: Ranks, dev: torch.device, model_name: str, checkpoint: PathLik
         if header['latency'] is not None:
             row.update(_latencies(model, input_size, batch_size, dev, latency_warmup, latency_iters, threads))
         if ranks.main:
-            rows[k] = row
-            write_results(out, {**header, 'rows': list(rows.values())})
+            rows = _write_merged(out, header, {**rows, k: row})
         bar.set_postfix(id=k, top1=f'{row["top1"]:.2f}')
         ranks.kill_point(done)
     result = None
     if ranks.main:
+        rows = _write_merged(out, header, rows)
         result = {**header, 'rows': sorted(rows.values(), key=lambda r: r['id'])}
-        write_results(out, result)
     result = ranks.broadcast(result)
     missing = [k for k in selected if k not in {r['id'] for r in result['rows']}]
     if missing:  # never skip a config silently

@@ -9,6 +9,7 @@ from typing import Optional, Union
 
 from ._results import load_sweep, read_reference
 from ._selection import pareto_front
+from ._utils import atomic_file
 
 __all__ = ['plot_sweep']
 
@@ -25,8 +26,10 @@ def plot_sweep(
         output: Optional[PathLike] = None,
         x: str = 'gflops',
         reference: Optional[PathLike] = None,
+        overwrite: bool = True,
 ) -> Path:
-    """Pareto plot (PNG, Agg) of top-1 against GFLOPs or latency: every stitch labelled by id, anchors marked."""
+    """Pareto plot (PNG, Agg) of top-1 against GFLOPs or latency: every stitch labelled by id, anchors marked.
+    Without `overwrite` an existing `output` is refused."""
     # matplotlib loads here: it is slow to import and only plots need it
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -87,8 +90,8 @@ def plot_sweep(
     ax.set_title(f'{_model_title(result)}: {len(rows)} configs{where}', fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc='lower right')
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output)
+    with atomic_file(output, overwrite) as tmp:
+        fig.savefig(tmp)
     return output
 
 

@@ -3,6 +3,7 @@ the authors' reference files (one JSON object per line, with cfg_id, flops and a
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from pathlib import Path
@@ -38,17 +39,17 @@ def load_sweep(path: PathLike) -> dict[str, Any]:
 
 
 def write_results(output_dir: PathLike, result: dict[str, Any]) -> None:
-    """Write OUT/sweep.json and OUT/sweep.csv (rows by id), each replaced atomically."""
+    """Write OUT/sweep.json and OUT/sweep.csv (rows by id), each replaced atomically (umask modes). Merging rows of
+    concurrent writers is the caller's, under `timm_snnet._utils.folder_lock(OUT)` (see `timm_snnet._evaluate`)."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = {**result, 'rows': sorted(result['rows'], key=lambda r: r['id'])}
     write_atomic(out / 'sweep.json', json.dumps(result, indent=2) + '\n')
-    tmp = out / 'sweep.csv.tmp'
-    with open(tmp, 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=ROW_KEYS, extrasaction='ignore')
-        writer.writeheader()
-        writer.writerows(result['rows'])
-    os.replace(tmp, out / 'sweep.csv')
+    table = io.StringIO(newline='')
+    writer = csv.DictWriter(table, fieldnames=ROW_KEYS, extrasaction='ignore')
+    writer.writeheader()
+    writer.writerows(result['rows'])
+    write_atomic(out / 'sweep.csv', table.getvalue(), newline='')
 
 
 def read_reference(path: PathLike) -> list[dict]:

@@ -16,7 +16,7 @@ from .._load import load_snnet, model_from_checkpoint
 from .._onnx import check_onnx, export_onnx
 from .._results import jsonable, load_sweep, write_results
 from .._selection import parse_stitches
-from .._utils import atomic_folder
+from .._utils import atomic_folder, folder_lock
 
 
 def _load(args: argparse.Namespace) -> nn.Module:
@@ -92,27 +92,48 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         stitches = parse_stitches(args.stitches, model.num_configs)
     except ValueError as e:
         raise SystemExit(f'profile: {e}') from e
+    if args.output:
+        _check_profile_output(Path(args.output), args.overwrite)  # before profiling, and again before writing
+    else:
+        load_sweep(args.merge)  # a missing or foreign --merge fails before profiling
     threads = args.threads or torch.get_num_threads()
     rows = profile(model, stitches, batch_sizes, device, threads, args.compile, args.warmup, args.rounds,
                    args.min_run_time)
     info = profile_header(args.model, args.model_kwargs, device, batch_sizes, threads, args.compile, args.warmup,
                           args.rounds)
-    if args.merge:
-        result = merge_latency(args.merge, rows, info, args.model)
-        out = Path(args.merge)
-        out = out if out.is_dir() else out.parent
-    else:
-        big = [b for b in batch_sizes if b != 1]
-        result = dict(model=args.model, model_kwargs=jsonable(args.model_kwargs),
-                      checkpoint=dict(path=str(Path(args.checkpoint).resolve())) if args.checkpoint else None,
-                      device=str(device), device_name=info['device_name'], batch_size=max(big) if big else 1,
-                      anchors=[c.id for c in model.stitch_configs() if c.is_anchor], profile=info, rows=rows)
-        out = Path(args.output)
-    write_results(out, result)
+    out = Path(args.merge or args.output)
+    out = out.parent if args.merge and not out.is_dir() else out
+    with folder_lock(out):  # a sweep of the same folder merges its rows under this lock too
+        if args.merge:
+            result = merge_latency(args.merge, rows, info, args.model)
+        else:
+            _check_profile_output(out, args.overwrite)
+            big = [b for b in batch_sizes if b != 1]
+            result = dict(model=args.model, model_kwargs=jsonable(args.model_kwargs),
+                          checkpoint=dict(path=str(Path(args.checkpoint).resolve())) if args.checkpoint else None,
+                          device=str(device), device_name=info['device_name'], batch_size=max(big) if big else 1,
+                          anchors=[c.id for c in model.stitch_configs() if c.is_anchor], profile=info, rows=rows)
+        write_results(out, result)
     print(f'wrote {out / "sweep.json"} and {out / "sweep.csv"} ({len(rows)} configs, batch sizes '
           f'{",".join(map(str, batch_sizes))}, {info["device_name"]}); pick one with '
           f'`timm-snnet select {out / "sweep.json"} --max-latency-ms MS`')
     return 0
+
+
+def _check_profile_output(out: Path, overwrite: bool) -> None:
+    """--output replaces a sweep.json only with --overwrite, and only one that profile wrote (no accuracies)."""
+    path = out / 'sweep.json'
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f'--output {out} is a file; pass a folder for sweep.json and sweep.csv')
+    if not path.exists():
+        return
+    recorded = load_sweep(path)
+    if 'profile' not in recorded or 'data' in recorded or any('top1' in r for r in recorded['rows']):
+        raise FileExistsError(f'{path} was not written by profile (it may hold accuracies): profile never replaces '
+                              f'it; add the latencies with --merge {path}, or pass another --output')
+    if not overwrite:
+        raise FileExistsError(f'{path} exists: pass --overwrite to replace it, --merge {path} to add these latencies '
+                              f'to it, or another --output')
 
 
 def _source_args(p: argparse.ArgumentParser) -> None:
@@ -162,4 +183,6 @@ def add_commands(subparsers) -> None:
     out = p.add_mutually_exclusive_group(required=True)
     out.add_argument('--output', help='folder for sweep.json and sweep.csv')
     out.add_argument('--merge', help='existing sweep.json (or its folder) to put the latencies into')
+    p.add_argument('--overwrite', action='store_true',
+                   help="replace OUT/sweep.json if profile wrote it (a sweep's file is never replaced: use --merge)")
     p.set_defaults(func=_cmd_profile)

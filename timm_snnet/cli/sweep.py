@@ -15,11 +15,16 @@ from .._load import create_snnet, load_model
 from .._plot import X_AXES, plot_sweep
 from .._results import ROW_KEYS, load_sweep
 from .._selection import LATENCY_KEYS, select_stitch
+from .._utils import atomic_file, check_new_file
 
 
 def _model_kwargs_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='KEY=VALUE',
                    help="create_model kwargs, as train.py's --model-kwargs (e.g. img_size=384 stitch_seed=1)")
+
+
+def _overwrite_arg(p: argparse.ArgumentParser, what: str = '--output') -> None:
+    p.add_argument('--overwrite', action='store_true', help=f'replace an existing {what} file (else refused)')
 
 
 def _anchor_list(tokens: Optional[Sequence[str]]) -> Optional[list[Optional[str]]]:
@@ -32,7 +37,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
         args.model, args.data_dir, args.output, model_kwargs=args.model_kwargs, num_classes=args.num_classes,
         pretrained_anchors=args.pretrained_anchors, anchor_checkpoints=_anchor_list(args.anchor_checkpoints),
         num_images=args.num_images, batch_size=args.batch_size, split=args.split, seed=args.seed,
-        device=args.device, workers=args.workers)
+        device=args.device, workers=args.workers, overwrite=args.overwrite)
     kw = ' '.join(shlex.quote(f'{k}={v!r}') for k, v in args.model_kwargs.items()
                   if k != 'anchor_checkpoints')  # the init file holds the anchors
     classes = f' --num-classes {args.num_classes}' if args.num_classes else ''
@@ -46,6 +51,8 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    if args.save_model:
+        check_new_file(args.save_model, args.overwrite)  # before the sweep, not after it
     result = sweep(
         args.model, args.checkpoint, args.data_dir, args.output, stitches=args.stitches, batch_size=args.batch_size,
         device=args.device, model_kwargs=args.model_kwargs, num_classes=args.num_classes, split=args.split,
@@ -58,13 +65,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.save_model:
         model = load_model(args.model, args.checkpoint, args.model_kwargs, args.num_classes, args.use_ema)
         model.set_stitch_table(result['rows'])
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, args.save_model)
+        with atomic_file(args.save_model, args.overwrite) as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
         print(f'wrote {args.save_model} (weights with the sweep table, for select_stitch after loading)')
     return 0
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    print(f'wrote {plot_sweep(args.sweep, args.output, x=args.x, reference=args.reference)}')
+    print(f'wrote {plot_sweep(args.sweep, args.output, x=args.x, reference=args.reference, overwrite=args.overwrite)}')
     return 0
 
 
@@ -108,6 +116,7 @@ def add_commands(subparsers) -> None:
     p.add_argument('--seed', type=int, default=0, help='seed of the calibration image sample')
     p.add_argument('--device', default=None, help='default: cuda if available, else cpu')
     p.add_argument('--workers', type=int, default=2)
+    _overwrite_arg(p)
     _model_kwargs_arg(p)
     p.set_defaults(func=_cmd_init)
 
@@ -116,7 +125,8 @@ def add_commands(subparsers) -> None:
         description='Evaluate each stitch into OUT/sweep.json and OUT/sweep.csv (resumable). Under `torchrun '
                     '--nproc_per_node N [--nnodes M ...] -m timm_snnet.cli sweep ...` the images are split across '
                     'the ranks (gloo on CPU, nccl on CUDA: cuda:LOCAL_RANK) with the exact one-process counts; rank '
-                    '0 writes, and latency is left to `timm-snnet profile` (per device).')
+                    '0 writes, and latency is left to `timm-snnet profile` (per device). Sweeps of other --stitches '
+                    'into one OUT may run at once: each write merges under a lock, every row is kept.')
     p.add_argument('--model', required=True)
     p.add_argument('--checkpoint', required=True, help='train.py checkpoint (.pth.tar) or .safetensors')
     p.add_argument('--data-dir', required=True, help='ImageFolder root (uses DIR/val if present)')
@@ -135,6 +145,7 @@ def add_commands(subparsers) -> None:
                         'latency is noise); evaluation keeps the process default')
     p.add_argument('--save-model', default=None, metavar='PATH.safetensors',
                    help='also write the weights with the sweep table attached (model.stitch_table)')
+    _overwrite_arg(p, '--save-model')
     _model_kwargs_arg(p)
     p.set_defaults(func=_cmd_sweep)
 
@@ -143,6 +154,7 @@ def add_commands(subparsers) -> None:
     p.add_argument('--output', default=None, help='PNG path (default OUT/pareto_<x>.png)')
     p.add_argument('--x', default='gflops', choices=sorted(X_AXES), help='x axis (default gflops)')
     p.add_argument('--reference', default=None, help='official points, JSONL with cfg_id, flops, acc1')
+    _overwrite_arg(p)
     p.set_defaults(func=_cmd_plot)
 
     p = subparsers.add_parser('select', help='best stitch within a budget (prints: id, path, measurements)')
