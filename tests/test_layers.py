@@ -10,12 +10,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / 'timm_snnet'
 
 # lowest first; a module imports only from its own layer and below
 LAYERS = {
-    'pure': ('_configs', '_sampling', '_selection', '_results', '_errors', '_utils', '_releases'),
+    'pure': ('_configs', '_sampling', '_selection', '_results', '_errors', '_utils', '_releases', '_inputs'),
     'blocks': ('families', '_stitching', '_flops', '_routes', '_pickle', '_anchors'),
     'engine': ('_snnet', '_features', '_training', '_exported'),
     'glue': ('_models',),
-    'weights': ('_convert', '_sources', '_load'),
-    'tools': ('_publish', '_plot', '_onnx', '_latency', '_evaluate', '_coverage', '_serve', '_dist', '_distill'),
+    'weights': ('_trust', '_convert', '_sources', '_load'),
+    'tools': ('_publish', '_plot', '_onnx', '_latency', '_evaluate', '_coverage', '_serve', '_servebench', '_dist',
+              '_distill'),
     'api': ('__init__',),
     'cli': ('cli',),
 }

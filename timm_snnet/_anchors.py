@@ -25,8 +25,16 @@ from huggingface_hub import constants, try_to_load_from_cache
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 from safetensors import SafetensorError
 from safetensors.torch import load_file
-from timm.models import clean_state_dict, get_pretrained_cfg, parse_model_name
+from timm.models import (
+    clean_state_dict,
+    get_pretrained_cfg,
+    parse_model_name,
+    resolve_pretrained_cfg,
+    split_model_name_tag,
+)
+from timm.models._builder import _resolve_pretrained_source
 from timm.models._hub import (
+    download_cached_file,
     hf_split,
     load_model_config_from_hf,
     load_model_config_from_path,
@@ -278,10 +286,25 @@ def _weights_location(name: str) -> str:
 _DROP_RATES = ('drop_rate', 'drop_path_rate')
 
 
+def _fetched_url_weights(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """timm's URL loader retries a `weights_only=True` TypeError with torch.hub's full unpickler: download URL weights
+    here and hand timm the file, which it reads with `weights_only=True` and no retry."""
+    arch, tag = split_model_name_tag(parse_model_name(name)[1])
+    cfg = resolve_pretrained_cfg(arch, kwargs.get('pretrained_cfg') or tag or None,
+                                 kwargs.get('pretrained_cfg_overlay')).to_dict()
+    kind, url = _resolve_pretrained_source(cfg)
+    if kind != 'url' or cfg.get('custom_load'):
+        return kwargs
+    path = download_cached_file(url, check_hash=False, progress=True, cache_dir=kwargs.get('cache_dir'))
+    return {**kwargs, 'pretrained_cfg_overlay': {**(kwargs.get('pretrained_cfg_overlay') or {}), 'file': path}}
+
+
 def create_anchor(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
     """`timm.create_model` for one anchor; missing pretrained weights raise `SNNetLoadError` naming the anchor, where
     its weights live and what to do, instead of huggingface_hub's traceback."""
     try:
+        if pretrained:
+            kwargs = _fetched_url_weights(name, kwargs)
         try:
             return timm.create_model(name, pretrained=pretrained, **kwargs)
         except TypeError as e:  # a model without drop rates (timm's RepVit): zero rates are its own behaviour

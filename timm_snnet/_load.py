@@ -19,7 +19,7 @@ from typing import Any, Iterator, Optional, Union
 
 import timm
 import torch
-from huggingface_hub import constants, try_to_load_from_cache
+from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
 from huggingface_hub.errors import (
     EntryNotFoundError,
     LocalEntryNotFoundError,
@@ -30,22 +30,23 @@ from safetensors import SafetensorError
 from timm.models import (
     is_model,
     load_checkpoint,
-    load_model_config_from_hf,
     model_entrypoint,
     parse_model_name,
     resolve_pretrained_cfg,
     save_for_hf,
 )
 from timm.models._builder import _resolve_pretrained_source
-from timm.models._hub import hf_split, load_model_config_from_path
+from timm.models._hub import hf_split
 
 from ._anchors import AnchorCheckpointError
 from ._errors import SNNetLoadError
 from ._models import HF_HUB_ORG, Mismatch, _as_tuple, export_model_args
 from ._snnet import SNNet
+from ._trust import check_saved_config, check_weights_header
 
 __all__ = ['WEIGHTS_NAME', 'CONFIG_NAME', 'load_snnet', 'load_errors', 'hub_kwargs', 'pretrained_errors',
-           'write_snnet', 'model_from_checkpoint', 'load_model', 'create_snnet']
+           'write_snnet', 'model_from_checkpoint', 'checkpoint_file', 'load_model', 'create_snnet', 'saved_model_args',
+           'check_weights']
 
 _logger = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ def _check_architecture(arch: str, src: _Source, expected: Optional[str] = None)
 def hub_kwargs(variant: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     """Kwargs that build `variant` for its SN-Net weights: no anchor downloads, and for a registry name whose
     weights are on the Hub, the model_args saved in the repo's config.json as defaults (as timm does for `hf-hub:`).
+    A saved config.json and the weights' header are checked (`_trust`) before anything is built.
     """
     kwargs = dict(kwargs)
     if kwargs.pop('pretrained_anchors', False):
@@ -120,16 +122,71 @@ def hub_kwargs(variant: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         _logger.info('pretrained=True: the SN-Net weights hold the anchors, ignoring anchor_checkpoints')
     cfg = _pretrained_cfg(variant, kwargs)
     if cfg.get('source') in ('hf-hub', 'local-dir'):
-        return kwargs  # timm built these kwargs from that config.json already
+        return kwargs  # timm built these kwargs from that config.json already (checked by `check_saved`)
     weights = _weights_source(cfg)
     if weights.kind != 'hf-hub':
         return kwargs  # a file, url or state dict: nothing saved beside it
-    src = _Source('hf-hub', weights.location, CONFIG_NAME)
-    with load_errors(src, variant):
-        _, arch, saved = load_model_config_from_hf(weights.location, cache_dir=kwargs.get('cache_dir'))
-    _check_architecture(arch, src, expected=variant)
-    saved = {k: v for k, v in (saved or {}).items() if k not in ('pretrained_anchors', 'anchor_checkpoints')}
-    return {**saved, **kwargs}
+    saved = saved_model_args(_Source('hf-hub', weights.location, CONFIG_NAME), variant, kwargs.get('cache_dir'))
+    saved = {k: v for k, v in saved.items() if k not in ('pretrained_anchors', 'anchor_checkpoints')}
+    kwargs = {**saved, **kwargs}
+    check_weights(variant, kwargs, weights)
+    return kwargs
+
+
+def check_saved(variant: str, kwargs: dict[str, Any], pretrained: bool) -> None:
+    """When timm read `kwargs` from a folder's or Hub repo's config.json (`local-dir:` / `hf-hub:` names): its
+    arguments against the allowlist, and with `pretrained`, its weights' header against the model built on meta."""
+    cfg = kwargs.get('pretrained_cfg')
+    if not isinstance(cfg, dict) or cfg.get('source') not in ('hf-hub', 'local-dir'):
+        return
+    where = cfg.get('hf_hub_id') if cfg['source'] == 'hf-hub' else cfg.get('file')
+    saved_model_args(_Source(cfg['source'], str(where), CONFIG_NAME), variant, kwargs.get('cache_dir'))
+    if pretrained:
+        check_weights(variant, kwargs, _Source(cfg['source'], str(where), WEIGHTS_NAME))
+
+
+def _read_config(src: _Source, cache_dir: Optional[str] = None) -> dict[str, Any]:
+    """The raw config.json of a folder or Hub repo (no field added, nothing built)."""
+    with load_errors(src):
+        if src.kind == 'hf-hub':
+            repo, revision = hf_split(src.location)
+            path = Path(hf_hub_download(repo, src.filename, revision=revision, cache_dir=cache_dir))
+        else:
+            path = Path(src.location) / src.filename
+            if not path.is_file():
+                raise FileNotFoundError(f'{path} not found')
+        config = json.loads(path.read_text())
+    if not isinstance(config, dict):
+        raise _fail(src, 'it is not a JSON object', 'Write it again with timm_snnet.save_snnet(model, DIR).')
+    return config
+
+
+def saved_model_args(src: _Source, expected: Optional[str] = None, cache_dir: Optional[str] = None) -> dict[str, Any]:
+    """The model_args of a saved SN-Net's config.json, once its architecture and every argument are allowed."""
+    config = _read_config(src, cache_dir)
+    arch = config.get('architecture')
+    if not isinstance(arch, str):
+        raise _fail(src, 'it names no architecture', 'Write it again with timm_snnet.save_snnet(model, DIR).')
+    _check_architecture(arch, src, expected)
+    return check_saved_config(arch, config, src.model_name)
+
+
+def check_weights(variant: str, kwargs: dict[str, Any], weights: _Source) -> None:
+    """The weights file's safetensors header against `variant` built from `kwargs` on the meta device."""
+    if weights.kind == 'hf-hub':
+        repo, revision = hf_split(weights.location)
+        with load_errors(weights, variant):
+            path = hf_hub_download(repo, weights.filename, revision=revision, cache_dir=kwargs.get('cache_dir'))
+    else:
+        path = Path(weights.location) / weights.filename if weights.kind == 'local-dir' else Path(weights.location)
+        with load_errors(weights, variant):  # no pickled fallback (pytorch_model.bin) is ever read from a folder
+            if not path.is_file():
+                raise FileNotFoundError(f'{path} not found')
+    skip = ('pretrained', 'device', 'features_only', 'feature_cfg', 'out_indices')
+    meta = {k: v for k, v in kwargs.items() if k not in skip}
+    with load_errors(weights, variant):
+        check_weights_header(lambda: timm.create_model(variant, device='meta', **meta), path, weights.model_name,
+                             kwargs)
 
 
 def pretrained_errors(variant: str, kwargs: dict[str, Any]):
@@ -223,13 +280,7 @@ def load_snnet(model_name: str, pretrained: bool = True, **kwargs: Any) -> SNNet
     """
     source, model_id = parse_model_name(model_name)
     if source in ('hf-hub', 'local-dir'):
-        src = _Source(source, model_id, CONFIG_NAME)
-        with load_errors(src):
-            if source == 'hf-hub':
-                _, arch, _ = load_model_config_from_hf(model_id, cache_dir=kwargs.get('cache_dir'))
-            else:
-                _, arch, _ = load_model_config_from_path(model_id)
-        _check_architecture(arch, src)
+        saved_model_args(_Source(source, model_id, CONFIG_NAME), cache_dir=kwargs.get('cache_dir'))
     elif not _is_snnet(model_id.split('.')[0]):
         raise ValueError(f'{model_name!r} is not an SN-Net; registered SN-Nets: {_snnet_names()}')
     return timm.create_model(model_name, pretrained=pretrained, **kwargs)
@@ -260,21 +311,41 @@ def write_snnet(model: SNNet, folder: PathLike, source: Optional[dict] = None) -
 
 def model_from_checkpoint(
         model_name: str,
-        checkpoint: PathLike,
+        checkpoint: Optional[PathLike] = None,
         model_kwargs: Optional[dict] = None,
         num_classes: Optional[int] = None,
         use_ema: bool = False,
 ) -> SNNet:
-    """A folder from `timm-snnet convert` / `save_snnet` (local-dir:), else a train.py or .safetensors checkpoint."""
+    """The one resolver of `--model` and `--checkpoint`: a folder from `timm-snnet convert` / `save_snnet`
+    (local-dir:), else a train.py or .safetensors checkpoint; no checkpoint for a `local-dir:` / `hf-hub:` model,
+    which holds its weights."""
+    kwargs = {**(model_kwargs or {}), **({'num_classes': num_classes} if num_classes else {})}
+    source = parse_model_name(model_name)[0]
+    if checkpoint is None:
+        if source not in ('hf-hub', 'local-dir'):
+            raise ValueError(f'{model_name} needs its weights: pass --checkpoint (a train.py checkpoint, .safetensors '
+                             f'or SN-Net folder), or --model local-dir:DIR / hf-hub:ORG/NAME for a saved SN-Net')
+        return load_snnet(model_name, **kwargs)
     path = Path(checkpoint)
     if path.is_dir():
-        kwargs = {**(model_kwargs or {}), **({'num_classes': num_classes} if num_classes else {})}
         model = load_snnet(f'local-dir:{path}', **kwargs)
-        if _architecture(model) != model_name:
+        if source is None and _architecture(model) != model_name:
             raise ValueError(f'{path} holds a {_architecture(model)}, not a {model_name}: pass --model '
                              f'{_architecture(model)}')
         return model
     return load_model(model_name, path, model_kwargs, num_classes, use_ema)
+
+
+def checkpoint_file(model_name: str, checkpoint: Optional[PathLike] = None) -> Optional[Path]:
+    """The file `model_from_checkpoint` reads the weights from (to record its hash); None if not in the cache."""
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        return path / WEIGHTS_NAME if path.is_dir() else path
+    source, location = parse_model_name(model_name)
+    if source == 'local-dir':
+        return Path(location) / WEIGHTS_NAME
+    cached = _cached_path(_Source('hf-hub', location, WEIGHTS_NAME)) if source == 'hf-hub' else None
+    return Path(cached) if cached else None
 
 
 # --- model and data ------------------------------------------------------------------------------------------------
@@ -296,6 +367,11 @@ def create_snnet(model_name: str, model_kwargs: Optional[dict] = None, num_class
         raise ValueError(f'cannot create {model_name} with kwargs {kwargs}: {e}') from e
     except AnchorCheckpointError as e:
         raise ValueError(f'cannot create {model_name}: {e}') from e
+    except RuntimeError as e:  # timm's 'Unknown model (NAME)' for an anchor named in the kwargs
+        if not str(e).startswith('Unknown model'):
+            raise
+        raise ValueError(f'cannot create {model_name} with kwargs {kwargs}: {e}; list names with '
+                         f"timm.list_models('PATTERN')") from e
     if not hasattr(model, 'stitch_configs'):
         raise ValueError(f'{model_name} is not an SN-Net; registered SN-Nets: {_snnet_names()}')
     return model

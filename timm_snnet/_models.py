@@ -23,17 +23,20 @@ from ._releases import DEFAULT_HUB_URL, DEFAULT_RELEASE_URL, HF_HUB_ORG, OFFICIA
 from ._snnet import SNNet
 from .families import family_for
 
-__all__ = ['HF_HUB_ORG', 'ARCH_ARGS', 'SNNet', 'checkpoint_filter_fn', 'record_model_args', 'set_pretrained_source']
+__all__ = ['HF_HUB_ORG', 'ARCH_ARGS', 'SNNet', 'check_fit', 'checkpoint_filter_fn', 'record_model_args',
+           'set_pretrained_source']
 
 KwargsFn = Callable[[str, dict[str, Any]], dict[str, Any]]
 ErrorsFn = Callable[[str, dict[str, Any]], AbstractContextManager]
+SavedFn = Callable[[str, dict[str, Any], bool], None]
 _PRETRAINED: dict[str, Callable] = {}
 
 
-def set_pretrained_source(kwargs_fn: KwargsFn, errors_fn: ErrorsFn) -> None:
+def set_pretrained_source(kwargs_fn: KwargsFn, errors_fn: ErrorsFn, saved_fn: SavedFn) -> None:
     """Plug in the weights layer: `kwargs_fn(variant, kwargs)` gives the kwargs that build `variant` for its SN-Net
-    weights; `errors_fn(variant, kwargs)` is a context that turns loading failures into `SNNetLoadError`."""
-    _PRETRAINED.update(kwargs=kwargs_fn, errors=errors_fn)
+    weights; `errors_fn(variant, kwargs)` is a context that turns loading failures into `SNNetLoadError`;
+    `saved_fn(variant, kwargs, pretrained)` refuses kwargs that timm read from an untrusted config.json."""
+    _PRETRAINED.update(kwargs=kwargs_fn, errors=errors_fn, saved=saved_fn)
 
 
 def _feature_cfg(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -46,6 +49,7 @@ def _feature_cfg(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _create_snnet(variant: str, pretrained: bool = False, **kwargs: Any) -> SNNet:
+    _PRETRAINED['saved'](variant, kwargs, pretrained)  # a folder's or Hub repo's config.json, before any build
     if kwargs.get('features_only'):
         kwargs['feature_cfg'] = _feature_cfg(kwargs)
     if pretrained:  # SN-Net weights (anchors included), built with the model_args saved beside them; the Hub repo,
@@ -118,6 +122,12 @@ def _as_tuple(value: Any) -> tuple:
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: SNNet) -> dict[str, torch.Tensor]:
     """Check SN-Net weights against the model before timm loads them (its load is not strict when heads are reset)."""
+    check_fit({k: tuple(v.shape) for k, v in state_dict.items()}, model)
+    return state_dict
+
+
+def check_fit(shapes: dict[str, tuple[int, ...]], model: nn.Module) -> None:
+    """Raise `Mismatch` unless tensors of these shapes are exactly the model's (heads and stems timm adapts aside)."""
     own = model.state_dict()
     cfg = getattr(model, 'pretrained_cfg', None) or {}
     adapted = ()  # timm adapts these after this filter: heads for other num_classes, stems for other in_chans
@@ -125,16 +135,16 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: SNNet) -> d
         adapted += tuple(f'{c}.' for c in _as_tuple(cfg.get('classifier')))
     if model.in_chans != (cfg.get('input_size') or (3,))[0]:
         adapted += tuple(f'{c}.weight' for c in _as_tuple(cfg.get('first_conv')))
-    missing = [k for k in own if k not in state_dict and not k.startswith(adapted)]
-    unexpected = [k for k in state_dict if k not in own]
-    shapes = [k for k in own if k in state_dict and k != 'stitch_table_json' and not k.startswith(adapted)
-              and tuple(state_dict[k].shape) != tuple(own[k].shape)]
-    if not (missing or unexpected or shapes):
-        return state_dict
+    missing = [k for k in own if k not in shapes and not k.startswith(adapted)]
+    unexpected = [k for k in shapes if k not in own]
+    wrong = [k for k in own if k in shapes and k != 'stitch_table_json' and not k.startswith(adapted)
+             and tuple(shapes[k]) != tuple(own[k].shape)]
+    if not (missing or unexpected or wrong):
+        return
     parts = []
-    if shapes:
-        k = shapes[0]
-        parts.append(f'{len(shapes)} tensors differ in shape (e.g. {k}: file {tuple(state_dict[k].shape)}, '
+    if wrong:
+        k = wrong[0]
+        parts.append(f'{len(wrong)} tensors differ in shape (e.g. {k}: file {tuple(shapes[k])}, '
                      f'model {tuple(own[k].shape)})')
     if missing:
         parts.append(f'{len(missing)} missing (e.g. {missing[0]})')
@@ -392,6 +402,7 @@ def _layer_names(anchors: Sequence[str], segments: Sequence[Sequence[int]]) -> d
 @register_model
 def exported_stitch(pretrained: bool = False, **kwargs: Any) -> ExportedStitch:
     """One SN-Net config as a standalone model (`SNNet.export_stitch(k)`; rebuilt from its config.json)."""
+    _PRETRAINED['saved'](EXPORT_NAME, kwargs, pretrained)
     if kwargs.get('features_only'):
         raise RuntimeError(f'features_only is not supported for {EXPORT_NAME}')
     if 'anchors' not in kwargs or 'segments' not in kwargs:

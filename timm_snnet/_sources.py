@@ -32,7 +32,7 @@ from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntr
 from huggingface_hub.file_download import http_get
 from huggingface_hub.utils import WeakFileLock
 from timm.models import get_pretrained_cfg
-from timm.models._hub import hf_split, load_model_config_from_path
+from timm.models._hub import hf_split
 
 from . import _load as hub
 from ._convert import CONVERTERS, official_rows
@@ -261,11 +261,8 @@ def _from_hub(variant: str, kwargs: dict[str, Any], cfg: dict[str, Any]) -> dict
 
 def _from_folder(variant: str, kwargs: dict[str, Any], folder: Path) -> dict[str, Any]:
     """Kwargs that build `variant` from a converted release: its config.json model_args, the weights file."""
-    src = _Source('local-dir', str(folder), CONFIG_NAME)
-    with hub.load_errors(src, variant):
-        _, arch, saved = load_model_config_from_path(folder)
-    hub._check_architecture(arch, src, expected=variant)
-    saved = {k: v for k, v in (saved or {}).items() if k != 'pretrained_anchors'}
+    saved = hub.saved_model_args(_Source('local-dir', str(folder), CONFIG_NAME), variant, kwargs.get('cache_dir'))
+    saved = {k: v for k, v in saved.items() if k != 'pretrained_anchors'}
     overlay = {**(kwargs.get('pretrained_cfg_overlay') or {}), 'file': str(folder / WEIGHTS_NAME)}
     fixed = {k: saved[k] for k in _CONVERTER_ARGS if k in saved}
     return {**saved, **kwargs, **fixed, 'pretrained_cfg_overlay': overlay}
@@ -299,4 +296,4 @@ def pretrained_kwargs(variant: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     return _from_folder(variant, kwargs, folder)
 
 
-set_pretrained_source(pretrained_kwargs, hub.pretrained_errors)
+set_pretrained_source(pretrained_kwargs, hub.pretrained_errors, hub.check_saved)

@@ -1,0 +1,219 @@
+"""A saved model folder or Hub repo is untrusted: nothing in it may run code, fetch a file or size an allocation.
+
+Each attack is a config.json edit next to a pickle that writes a marker file when a full unpickler loads it. Every
+load route (local-dir:, hf-hub:, load_snnet, a registry name with a Hub repo, the CLI's --checkpoint DIR) must refuse
+it with one `SNNetLoadError` naming the key, before the pickle is even opened (a Python audit hook watches).
+"""
+from __future__ import annotations
+
+import builtins
+import json
+import pickle
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import timm
+from conftest import tiny
+from hub_fixtures import hub_endpoint, hub_server  # noqa: F401 (fixtures)
+from huggingface_hub import HfApi
+
+from timm_snnet import SNNetLoadError, load_snnet, save_snnet
+from timm_snnet.cli import main as cli
+
+_OPENED: set[str] = set()
+_WATCHED: set[str] = set()
+
+
+def _audit(event: str, args: tuple) -> None:
+    if event == 'open' and args and isinstance(args[0], (str, Path)) and str(args[0]) in _WATCHED:
+        _OPENED.add(str(args[0]))
+
+
+sys.addaudithook(_audit)
+
+
+class _Payload:
+    """Unpickled by a full unpickler, it writes `marker` (weights_only=True refuses it)."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return builtins.exec, (f'open({self.marker!r}, "w").write("ran")',)
+
+
+@pytest.fixture
+def trap(tmp_path: Path) -> dict[str, Path]:
+    """A pickle that writes a marker when a full unpickler loads it; the audit hook records any open of it."""
+    marker, evil = tmp_path / 'MARKER', tmp_path / 'evil.pth'
+    data = pickle.dumps({'state_dict': _Payload(marker)})
+    evil.write_bytes(data)
+    _WATCHED.add(str(evil))
+    yield dict(marker=marker, evil=evil, data=data)
+    _WATCHED.discard(str(evil))
+    assert not marker.exists(), 'a full unpickler ran the pickle'
+    assert str(evil) not in _OPENED, 'the pickle was opened'
+
+
+@pytest.fixture(scope='module')
+def saved(tmp_path_factory) -> Path:
+    return save_snnet(tiny('snnet_deit_tsb'), tmp_path_factory.mktemp('saved') / 'm', readme=False)
+
+
+def _edit(config: dict, evil: Path) -> dict[str, Callable[[], None]]:
+    """Attacks by name: each edits `config` in place."""
+    args, url = config['model_args'], f'file://{evil}'
+
+    def anchor_kw(**kw: Any) -> Callable[[], None]:
+        return lambda: args['anchor_kwargs'][0].update(kw)
+
+    def arg(**kw: Any) -> Callable[[], None]:
+        return lambda: args.update(kw)
+
+    def anchor(name: str) -> Callable[[], None]:
+        return lambda: args['anchors'].__setitem__(0, name)
+
+    return {
+        'anchor_kwargs.pretrained_cfg_overlay': anchor_kw(pretrained=True, pretrained_cfg_overlay={'url': url}),
+        'anchor_kwargs.pretrained_cfg': anchor_kw(pretrained_cfg={'url': url}),
+        'anchor_kwargs.checkpoint_path': anchor_kw(checkpoint_path=str(evil)),
+        'anchor_kwargs.pretrained': anchor_kw(pretrained=True),
+        'anchor_kwargs.nested_url': anchor_kw(act_kwargs={'path': url}),
+        'model_args.pretrained_anchors': arg(pretrained_anchors=True),
+        'model_args.anchor_checkpoints': arg(anchor_checkpoints=[str(evil)] * 3),
+        'model_args.pretrained_cfg_overlay': arg(pretrained_cfg_overlay={'url': url, 'source': ''}),
+        'model_args.checkpoint_path': arg(checkpoint_path=str(evil)),
+        'anchor.hf-hub': anchor('hf-hub:evil/weights'),
+        'anchor.local-dir': anchor(f'local-dir:{evil.parent}'),
+        'anchor.snnet': anchor('snnet_deit_tsb'),
+        'anchor.exported_stitch': anchor('exported_stitch'),
+        'pretrained_cfg.url': lambda: config['pretrained_cfg'].update(url=url),
+        'pretrained_cfg.file': lambda: config['pretrained_cfg'].update(file=str(evil)),
+        'pretrained_cfg.hf_hub_filename': lambda: config['pretrained_cfg'].update(hf_hub_filename='evil.pth'),
+        'pretrained_cfg.custom_load': lambda: config['pretrained_cfg'].update(custom_load='hf'),
+    }
+
+
+ATTACKS = sorted(_edit({'model_args': {'anchor_kwargs': [{}], 'anchors': ['x']}, 'pretrained_cfg': {}},
+                       Path('x')))
+
+
+def _folder(saved: Path, dest: Path, attack: str, trap: dict) -> Path:
+    dest.mkdir()
+    for f in ('model.safetensors', 'config.json'):
+        (dest / f).write_bytes((saved / f).read_bytes())
+    (dest / 'pytorch_model.bin').write_bytes(trap['data'])  # a pickle in the folder too (never read either)
+    config = json.loads((saved / 'config.json').read_text())
+    _edit(config, trap['evil'])[attack]()
+    (dest / 'config.json').write_text(json.dumps(config))
+    return dest
+
+
+@pytest.mark.parametrize('attack', ATTACKS)
+def test_local_dir_routes_refuse(attack: str, saved: Path, tmp_path: Path, trap: dict) -> None:
+    folder = _folder(saved, tmp_path / 'm', attack, trap)
+    for load in (lambda: timm.create_model(f'local-dir:{folder}'), lambda: load_snnet(f'local-dir:{folder}')):
+        try:
+            load()
+        except SNNetLoadError as e:
+            assert 'Refusing to load' in str(e) or 'file' in str(e)
+        except TypeError as e:  # timm itself: a saved key that collides with create_model's own arguments
+            assert 'multiple values' in str(e)
+        else:
+            pytest.fail(f'{attack}: loaded')
+    with pytest.raises(SNNetLoadError, match='Refusing to load'):
+        load_snnet(f'local-dir:{folder}')
+
+
+@pytest.mark.parametrize('command', ['export', 'sweep'])
+def test_cli_checkpoint_folder_refuses(command: str, saved: Path, tmp_path: Path, trap: dict,
+                                       capsys: pytest.CaptureFixture) -> None:
+    from image_folder import make_image_folder
+    folder = _folder(saved, tmp_path / 'm', 'anchor_kwargs.pretrained_cfg_overlay', trap)
+    extra = (['--stitch', '0', '--output', str(tmp_path / 'out')] if command == 'export' else
+             ['--data-dir', str(make_image_folder(tmp_path / 'data', train=1, val=1)), '--output', str(tmp_path / 'o')])
+    with pytest.raises(SystemExit) as e:
+        cli([command, '--model', 'snnet_deit_tsb', '--checkpoint', str(folder), *extra])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and 'Refusing to load' in err and 'anchor_kwargs' in err
+
+
+@pytest.mark.parametrize('attack', ['anchor_kwargs.pretrained_cfg_overlay', 'model_args.anchor_checkpoints',
+                                    'anchor.hf-hub', 'pretrained_cfg.hf_hub_filename'])
+def test_hub_routes_refuse(attack: str, saved: Path, tmp_path: Path, trap: dict,
+                           hub_endpoint: str) -> None:  # noqa: F811
+    folder = _folder(saved, tmp_path / 'm', attack, trap)
+    HfApi().create_repo('evil/snnet')
+    HfApi().upload_folder(repo_id='evil/snnet', folder_path=folder)
+    for load in (lambda: load_snnet('hf-hub:evil/snnet'), lambda: timm.create_model('hf-hub:evil/snnet'),
+                 lambda: timm.create_model('snnet_deit_tsb', pretrained=True,
+                                           pretrained_cfg_overlay=dict(hf_hub_id='evil/snnet'))):
+        with pytest.raises((SNNetLoadError, TypeError)):
+            load()
+
+
+def test_pickled_weights_are_never_read_from_a_folder(saved: Path, tmp_path: Path, trap: dict) -> None:
+    folder = tmp_path / 'm'
+    folder.mkdir()
+    (folder / 'config.json').write_bytes((saved / 'config.json').read_bytes())
+    (folder / 'pytorch_model.bin').write_bytes(trap['data'])
+    _WATCHED.add(str(folder / 'pytorch_model.bin'))
+    try:
+        for load in (lambda: timm.create_model(f'local-dir:{folder}', pretrained=True),
+                     lambda: load_snnet(f'local-dir:{folder}')):
+            with pytest.raises(SNNetLoadError, match="file 'model.safetensors': the folder does not hold it"):
+                load()
+        assert str(folder / 'pytorch_model.bin') not in _OPENED
+    finally:
+        _WATCHED.discard(str(folder / 'pytorch_model.bin'))
+
+
+def test_valid_folder_still_loads(saved: Path) -> None:
+    model = load_snnet(f'local-dir:{saved}')
+    assert model.num_configs == tiny('snnet_deit_tsb').num_configs
+
+
+_BIG = textwrap.dedent('''
+    import json, resource, sys, time
+    import timm_snnet
+    from timm_snnet import SNNetLoadError, load_snnet
+    folder, kind = sys.argv[1], sys.argv[2]
+    config = json.load(open(folder + '/config.json'))
+    args = config['model_args']
+    if kind == 'large':  # three ViT-L anchors next to a tiny model's weights
+        args['anchors'] = ['vit_large_patch16_224'] * 3
+        args['anchor_kwargs'] = [{}] * 3
+        args.pop('img_size', None)
+    else:  # a million blocks (refused from the header's sizes), or 4000 (stopped by the build's tensor budget)
+        args['anchor_kwargs'][0]['depth'] = 10 ** 6 if kind == 'deep' else 4000
+    json.dump(config, open(folder + '/config.json', 'w'))
+    t = time.perf_counter()
+    try:
+        load_snnet('local-dir:' + folder)
+    except SNNetLoadError as e:
+        print(json.dumps(dict(error=str(e), s=time.perf_counter() - t,
+                              rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
+''')
+
+
+@pytest.mark.parametrize('kind', ['large', 'deep', 'budget'])
+def test_size_is_checked_before_allocating(kind: str, saved: Path, tmp_path: Path) -> None:
+    folder = tmp_path / 'm'
+    folder.mkdir()
+    for f in ('model.safetensors', 'config.json'):
+        (folder / f).write_bytes((saved / f).read_bytes())
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, '-c', _BIG, str(folder), kind], capture_output=True, text=True,
+                         timeout=120, env={'HF_HUB_OFFLINE': '1', 'PATH': '/usr/bin:/bin'})
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result['s'] < 10 and time.perf_counter() - start < 60
+    assert result['rss_mb'] < 1500  # three real ViT-L anchors: 4.4 GB
+    expected = {'large': ('differ in shape', 'more than'), 'deep': ('larger than anything the weights file holds',),
+                'budget': ('more than',)}[kind]
+    assert any(e in result['error'] for e in expected), result['error']
