@@ -217,3 +217,29 @@ def test_size_is_checked_before_allocating(kind: str, saved: Path, tmp_path: Pat
     expected = {'large': ('differ in shape', 'more than'), 'deep': ('larger than anything the weights file holds',),
                 'budget': ('more than',)}[kind]
     assert any(e in result['error'] for e in expected), result['error']
+
+
+def test_checkpoint_file_pickle_is_refused(tmp_path: Path, trap: dict) -> None:
+    from conftest import TINY
+
+    from timm_snnet import load_model
+    with pytest.raises(ValueError, match='a weights-only load refuses') as e:
+        load_model('snnet_deit_tsb', trap['evil'], TINY['snnet_deit_tsb'][0])
+    assert 'weights_only=False' not in str(e.value)
+    _OPENED.discard(str(trap['evil']))  # read by the weights-only unpickler, which refused it: allowed here
+
+
+def test_anchor_url_weights_skip_timms_unpickler_fallback(tmp_path: Path, trap: dict,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """timm's URL loader retries a weights_only TypeError with torch.hub's full unpickler; anchors never use it."""
+    from conftest import TINY
+
+    import timm.models._builder as builder
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
+    monkeypatch.setattr(builder, 'load_state_dict_from_url', lambda *a, **k: pytest.fail('timm URL loader used'))
+    kwargs = TINY['snnet_deit_tsb'][0]
+    overlay = dict(url=f'file://{trap["evil"]}', hf_hub_id=None)  # timm's URL route for this anchor
+    anchor_kwargs = [dict(kwargs['anchor_kwargs'][0], pretrained_cfg_overlay=overlay), *kwargs['anchor_kwargs'][1:]]
+    with pytest.raises(RuntimeError, match='weights_only'):
+        timm.create_model('snnet_deit_tsb', img_size=32, anchor_kwargs=anchor_kwargs, pretrained_anchors=True)
+    _OPENED.discard(str(trap['evil']))  # copied by the download and refused by the weights-only unpickler

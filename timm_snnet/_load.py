@@ -214,7 +214,7 @@ def load_errors(src: _Source, variant: str = 'MODEL') -> Iterator[None]:
     hub = src.kind == 'hf-hub'
     repo = hf_split(src.location)[0] if hub else src.location
     push = f'`timm-snnet push --model {variant} --checkpoint CKPT --repo-id {repo}`'
-    write = ('write it with `timm-snnet convert ... --output DIR` or `timm_snnet._load.save_snnet(model, DIR)` '
+    write = ('write it with `timm-snnet convert ... --output DIR` or `timm_snnet.save_snnet(model, DIR)` '
              '(config.json + model.safetensors)')
     try:
         yield
@@ -404,7 +404,12 @@ def load_model(
     try:
         load_checkpoint(model, str(path), use_ema=use_ema)
     except RuntimeError as e:
-        if 'loading state_dict' not in str(e):  # e.g. a pickle that weights_only=True refuses
+        if 'weights_only' in str(e):  # timm's refusal, which ends by suggesting the full unpickler: never ours
+            raise ValueError(f'cannot read checkpoint {checkpoint}: it holds pickled objects that a weights-only load '
+                             f'refuses (tensors, plain containers and train.py\'s args are read; nothing in it was '
+                             f'built or run). Save its state dict with safetensors and pass the .safetensors '
+                             f'file') from e
+        if 'loading state_dict' not in str(e):
             raise ValueError(f'cannot read checkpoint {checkpoint}: {e}') from e
         classes = _class_mismatch(str(e), model)
         if classes:
