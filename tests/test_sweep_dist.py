@@ -175,7 +175,7 @@ def test_arguments_are_checked_before_any_work(setup, tmp_path, capsys) -> None:
     for flag, value, message in (('--threads', '0', '--threads must be an integer >= 1'),
                                  ('--latency-iters', '0', '--latency-iters must be an integer >= 1'),
                                  ('--workers', '-1', '--workers must be an integer >= 0')):
-        args = _args(setup['ckpt'], tmp_path / 'no-data', tmp_path / 'o')  # missing data: never reached
+        args = _args(setup['ckpt'], tmp_path, tmp_path / 'o')  # a folder without images: never read
         if flag in args:
             args[args.index(flag) + 1] = value
         else:

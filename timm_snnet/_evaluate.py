@@ -53,10 +53,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 from timm.data import create_dataset, create_transform
 from timm.data.model_config import resolve_input_data_config
@@ -64,8 +66,9 @@ from tqdm.auto import tqdm
 
 from ._anchors import anchor_checkpoint_records
 from ._dist import Ranks, batch_shard, join
+from ._inputs import check_image_folder
 from ._latency import device_name, measure_latency, resolve_device
-from ._load import create_snnet, load_model
+from ._load import checkpoint_file, create_snnet, model_from_checkpoint
 from ._results import ROW_KEYS as _RESULT_ROW_KEYS
 from ._results import jsonable, load_sweep, write_results
 from ._selection import parse_stitches
@@ -88,26 +91,65 @@ def _data_config(model: torch.nn.Module) -> dict[str, Any]:
     return resolve_input_data_config(model)
 
 
-def _dataset(data_dir: PathLike, split: str, in_chans: int = 3):
-    """timm's folder dataset for `split` (DIR/train, DIR/val or DIR itself), with a clear error when empty.
-
-    Images are read as grayscale for 1-channel models, as validate.py does."""
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f'data dir not found: {data_dir} (expected an ImageFolder: DIR/train/<class>/<image> '
-                                f'and DIR/val/<class>/<image>)')
+def _dataset(data_dir: PathLike, split: str):
+    """timm's folder dataset for `split` (DIR/train, DIR/val or DIR itself), with a clear error when empty. Its image
+    mode follows the model's channels (`_img_mode`), set once the model is built."""
+    root = check_image_folder(data_dir)
     try:
-        return create_dataset('', root=str(root), split=split, is_training=False,
-                              input_img_mode='L' if in_chans == 1 else 'RGB')
+        return create_dataset('', root=str(root), split=split, is_training=False)
     except (RuntimeError, FileNotFoundError) as e:
         raise ValueError(f'no images for split {split!r} under {data_dir}: {e}\nExpected an ImageFolder: '
                          f'DIR/train/<class>/<image> and DIR/val/<class>/<image> (or DIR/<class>/<image>).') from e
 
 
-def _data_record(dataset, data_dir: PathLike, split: str) -> dict[str, Any]:
-    """What identifies the evaluation data: sorted relative paths, labels and sizes, hashed."""
+def _img_mode(dataset, data_config: dict) -> None:
+    """Read images as grayscale for 1-channel models, as validate.py does."""
+    dataset.input_img_mode = 'RGB' if data_config['input_size'][0] == 3 else 'L'
+
+
+class _Decodes(torch.utils.data.Dataset):
+    """For each index, '' if its image decodes as the eval loader reads it, else the error."""
+
+    def __init__(self, dataset, indices: Sequence[int]):
+        self.dataset, self.indices = dataset, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> str:
+        try:
+            with self.dataset.reader[self.indices[i]][0] as f:
+                Image.open(f).convert(self.dataset.input_img_mode)
+            return ''
+        except Exception as e:  # noqa: BLE001  (whatever PIL raises: the image is unreadable)
+            text = re.sub(r'\s*<_io\.\w+ name=[^>]*>', '', f'{type(e).__name__}: {e}')  # PIL repeats the path
+            return ' '.join(text.split())[:120]
+
+
+def _readable(dataset, indices: Sequence[int], workers: int, log: Callable[[str], None]) -> list[int]:
+    """The `indices` whose images decode. timm's dataset would silently read the next image in place of a broken
+    one; these are reported instead (count and first paths) and left out of the evaluation and of num_images."""
+    indices = list(indices)
+    loader = torch.utils.data.DataLoader(_Decodes(dataset, indices), batch_size=None, num_workers=workers)
+    errors = [(k, e) for k, e in zip(indices, loader) if e]
+    if not errors:
+        return indices
+    first = '; '.join(f'{dataset.filename(k, absolute=True)} ({e})' for k, e in errors[:3])
+    first += ' ...' if len(errors) > 3 else ''
+    if len(errors) == len(indices):
+        raise ValueError(f'none of the {len(indices)} images can be read: {first}')
+    log(f'{len(errors)} of {len(indices)} images cannot be read and are left out (num_images counts the '
+        f'{len(indices) - len(errors)} others): {first}')
+    bad = {k for k, _ in errors}
+    return [k for k in indices if k not in bad]
+
+
+def _data_record(dataset, data_dir: PathLike, split: str, keep: Optional[Sequence[int]] = None) -> dict[str, Any]:
+    """What identifies the evaluation data (the `keep` indices, default all): sorted relative paths, labels and
+    sizes, hashed."""
     reader = getattr(dataset, 'reader', None)
     samples = getattr(reader, 'samples', None) or [(f, 0) for f in dataset.filenames(absolute=True)]
+    samples = samples if keep is None else [samples[k] for k in keep]
     root = getattr(reader, 'root', str(data_dir))
     digest = hashlib.sha256()
     for path, target in sorted((str(p), int(t)) for p, t in samples):
@@ -121,6 +163,7 @@ def _data_record(dataset, data_dir: PathLike, split: str) -> dict[str, Any]:
 def _loader(dataset, data_config: dict, batch_size: int, workers: int, indices: Optional[Sequence[int]] = None,
             device: Optional[torch.device] = None) -> torch.utils.data.DataLoader:
     """Eval-transform loader: the transform validate.py's create_loader builds, without the prefetcher."""
+    _img_mode(dataset, data_config)
     dataset.transform = create_transform(**data_config, is_training=False)
     if indices is not None:
         dataset = torch.utils.data.Subset(dataset, list(indices))
@@ -161,7 +204,7 @@ def init_checkpoint(
     check_new_file(output, overwrite)
     if num_images < 1:
         raise ValueError(f'--num-images must be >= 1, got {num_images}')
-    dataset = _dataset(data_dir, split, (model_kwargs or {}).get('in_chans', 3))
+    dataset = _dataset(data_dir, split)
     model_kwargs = dict(model_kwargs or {})
     anchor_checkpoints = anchor_checkpoints if anchor_checkpoints is not None else \
         model_kwargs.pop('anchor_checkpoints', None)
@@ -172,8 +215,10 @@ def init_checkpoint(
     dev = resolve_device(device)
     model.to(dev)
     data_config = _data_config(model)
-    take = min(num_images, len(dataset))
-    indices = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:take].tolist()
+    _img_mode(dataset, data_config)
+    indices = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:num_images].tolist()
+    indices = _readable(dataset, indices, workers, print)
+    take = len(indices)
     loader = _loader(dataset, data_config, min(batch_size, take), workers, indices, dev)
     model.init_stitching_layers(loader, num_images=take, batch_size=batch_size, progress=progress)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -341,7 +386,7 @@ def _check_sweep_args(output_dir: PathLike, batch_size: int, workers: int, laten
 
 def sweep(
         model_name: str,
-        checkpoint: PathLike,
+        checkpoint: Optional[PathLike],
         data_dir: PathLike,
         output_dir: PathLike,
         stitches: str = 'all',
@@ -376,30 +421,35 @@ def sweep(
         ranks.close()
 
 
-def _sweep(ranks: Ranks, dev: torch.device, model_name: str, checkpoint: PathLike, data_dir: PathLike,
+def _sweep(ranks: Ranks, dev: torch.device, model_name: str, checkpoint: Optional[PathLike], data_dir: PathLike,
            output_dir: PathLike, stitches: str, batch_size: int, model_kwargs: Optional[dict],
            num_classes: Optional[int], split: str, use_ema: bool, workers: int, latency_warmup: int,
            latency_iters: int, threads: int, progress: bool, log: Callable[[str], None]) -> dict[str, Any]:
     if not ranks.main:
         log = lambda msg: None  # noqa: E731  (rank 0 speaks for the group)
     with ranks.together():  # a rank that cannot read its data or checkpoint stops every rank
-        dataset = _dataset(data_dir, split, (model_kwargs or {}).get('in_chans', 3))  # before hashing a checkpoint
-        model = load_model(model_name, checkpoint, model_kwargs, num_classes, use_ema)
+        dataset = _dataset(data_dir, split)  # before hashing a checkpoint
+        model = model_from_checkpoint(model_name, checkpoint, model_kwargs, num_classes, use_ema)
+        weights = checkpoint_file(model_name, checkpoint)
         try:
             selected = parse_stitches(stitches, model.num_configs)
         except ValueError as e:
             raise ValueError(f'{e} ({model_name} has {model.num_configs} configs)') from e
-        data_config = _data_config(model)
-        data = _data_record(dataset, data_dir, split)
+        data_config = _data_config(model)  # channels, size and normalisation from the model's config
+        _img_mode(dataset, data_config)
+        keep = _readable(dataset, range(len(dataset)), workers, log)
+        data = _data_record(dataset, data_dir, split, keep)
         if data['num_classes'] > model.num_classes:
             raise ValueError(f'{data_dir} has {data["num_classes"]} classes but {model_name} predicts '
                              f'{model.num_classes}; pass --num-classes (and the checkpoint trained for it)')
-        shard = batch_shard(len(dataset), batch_size, ranks.rank, ranks.world_size) if ranks.distributed else None
-        loader = _loader(dataset, data_config, batch_size, workers, shard, device=dev)
+        shard = batch_shard(len(keep), batch_size, ranks.rank, ranks.world_size) if ranks.distributed else None
+        indices = [keep[i] for i in shard] if shard is not None else keep if len(keep) < len(dataset) else None
+        loader = _loader(dataset, data_config, batch_size, workers, indices, device=dev)
         configs = model.stitch_configs(data_config['input_size'])
         header = dict(
             model=model_name, model_kwargs=jsonable(model_kwargs or {}),
-            checkpoint=dict(path=str(Path(checkpoint).resolve()), sha256=file_sha256(checkpoint), use_ema=use_ema),
+            checkpoint=dict(path=str(weights.resolve()) if weights else model_name,
+                            sha256=file_sha256(weights) if weights else None, use_ema=use_ema),
             data=data,
             transforms={**jsonable(data_config), 'eval': ' '.join(str(dataset.transform).split())},
             device=dev.type if ranks.distributed else str(dev), device_name=device_name(dev), batch_size=batch_size,

@@ -4,6 +4,7 @@ Each anchor is traced once; per-unit costs are cached so a config's cost is a su
 """
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from typing import Any, Sequence
 
 import torch
 from timm.models._input import get_model_input_config
+from timm.models._manipulate import reinit_non_persistent_buffers
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -64,7 +66,12 @@ class AnchorCosts:
 
 
 def anchor_costs(model: nn.Module, family: Family, input_size: Sequence[int]) -> AnchorCosts:
-    """Trace one anchor at batch 1 and split its costs by the family's stem and unit module names."""
+    """Trace one anchor at batch 1 and split its costs by the family's stem and unit module names. An anchor on the
+    meta device is traced as an uninitialised CPU copy (fvcore's tracer cannot run meta tensors; costs need no
+    weights), with timm's non-persistent buffers (e.g. Swin's position index) rebuilt."""
+    if next(model.parameters()).is_meta:
+        model = copy.deepcopy(model).to_empty(device='cpu')
+        reinit_non_persistent_buffers(model)
     units = family.units(model)
     param = next(model.parameters())
     with eval_mode(model), torch.no_grad(), warnings.catch_warnings():

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any, Union
 
+from ._inputs import describe_path
 from ._utils import write_atomic
 
 PathLike = Union[str, os.PathLike]
@@ -27,14 +28,18 @@ def load_sweep(path: PathLike) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         path = path / 'sweep.json'
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f'no sweep results at {path}: run `timm-snnet sweep ... --output DIR` first')
+    expected = 'expected the sweep.json that `timm-snnet sweep` or `profile` writes, or its folder'
     try:
         result = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f'{path} is not valid JSON: {e}') from e
-    if not isinstance(result, dict) or not isinstance(result.get('rows'), list):
-        raise ValueError(f'{path} is not a sweep.json (no "rows" list)')
+    except (ValueError, OSError) as e:  # an image, a checkpoint, a folder named sweep.json, broken JSON
+        what = describe_path(path)
+        what = f'not valid JSON ({e})' if what in ('JSON text', 'a text file') else what
+        raise ValueError(f'not a sweep table: {path} is {what}; {expected}') from e
+    rows = result.get('rows') if isinstance(result, dict) else None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and isinstance(r.get('id'), int) for r in rows):
+        raise ValueError(f'not a sweep table: {path} has no "rows" list of {{"id": ...}} objects ({expected})')
     return result
 
 

@@ -1,7 +1,9 @@
 """`timm-snnet` command line: argparse, messages and exit codes. Each subcommand lives in its own module here.
 
 A module in `COMMANDS` exposes `add_commands(subparsers)`; each parser it adds sets `func=callable(args)`. The library
-raises (ValueError, SNNetLoadError, FileNotFoundError, ...); only this package turns errors into exit codes.
+raises (ValueError, SNNetLoadError, FileNotFoundError, ...); only this package turns errors into exit codes: a usage
+or input error is one line and exit status 2 (argparse's own errors too, see `_args.Parser`), any other error one
+line, a hint at --debug and exit status 1.
 """
 from __future__ import annotations
 
@@ -14,22 +16,12 @@ from .._anchors import AnchorCheckpointError
 from .._convert import ConversionError
 from .._load import create_snnet
 from . import convert, coverage, export, push, scripts, serve, sweep
+from ._args import CommandError, Parser
 
 COMMANDS = (scripts, sweep, push, convert, export, coverage, serve)
 # what the library raises for bad input: one line `timm-snnet COMMAND: message` on stderr, exit status 2
 USER_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError, ImportError,
                SNNetLoadError, AnchorCheckpointError, ConversionError)
-
-
-class CommandError(SystemExit):
-    """A user error: exits with status 2 after its one-line message was printed (`str()` is the message)."""
-
-    def __init__(self, message: str):
-        super().__init__(2)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
 
 
 def _one_line(e: BaseException) -> str:
@@ -38,7 +30,7 @@ def _one_line(e: BaseException) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog='timm-snnet', description='Stitchable Neural Networks for timm.')
+    parser = Parser(prog='timm-snnet', description='Stitchable Neural Networks for timm.')
     parser.add_argument('--debug', action='store_true', help='show the full traceback of an error')
     subparsers = parser.add_subparsers(dest='command', metavar='COMMAND')
     subparsers.required = True
@@ -80,6 +72,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         message = f'timm-snnet {args.command}: {_one_line(e)}'
         print(message, file=sys.stderr)
         raise CommandError(message) from e
+    except Exception as e:
+        if args.debug or getattr(args, 'script_started', False):  # a timm script's own errors keep their traceback
+            raise
+        message = f'timm-snnet {args.command}: {type(e).__name__}: {_one_line(e)} (run with --debug for the traceback)'
+        print(message, file=sys.stderr)
+        raise CommandError(message, 1) from e
 
 
 if __name__ == '__main__':

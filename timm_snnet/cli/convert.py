@@ -3,17 +3,13 @@ from __future__ import annotations
 
 import argparse
 
-from timm.utils import ParseKwargs
-
-from .._convert import CONVERTERS, OFFICIAL_V1, ConversionError, convert
+from .._convert import CONVERTERS, OFFICIAL_V1, convert
 from .._releases import HUB_RELEASES
+from ._args import add_model_kwargs, checkpoint_file
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    try:
-        out, report = convert(args.checkpoint, args.model, args.output, args.source_format, **args.model_kwargs)
-    except ConversionError as e:
-        raise SystemExit(f'timm-snnet convert: {e}') from e
+    out, report = convert(args.checkpoint, args.model, args.output, args.source_format, **args.model_kwargs)
     dropped = ', '.join(f'{n} {what}' for what, n in report['dropped'].items()) or 'nothing'
     compat = ', '.join(f'{k}={v}' for k, v in report['compat'].items()) or 'none'
     print(f'converted {args.checkpoint}: {report["tensors"]} tensors mapped ({report["stitching_layers"]} stitching '
@@ -32,11 +28,11 @@ def add_commands(subparsers) -> None:
                     "(snnetv2_deit3_{s_b,s_l,b_l}.pth -> snnetv2_deit3_"
                     "{s_b,s_l,b_l}) into this package's layout, with the compatibility settings that "
                     "reproduce the authors' networks. Fails if any key is left unmapped or missing.")
-    p.add_argument('checkpoint', help='official .pth (read with weights_only=True) or its state dict as .safetensors')
+    p.add_argument('checkpoint', type=checkpoint_file,
+                   help='official .pth (read with weights_only=True) or its state dict as .safetensors')
     p.add_argument('--from', dest='source_format', required=True, choices=sorted(CONVERTERS),
                    help='checkpoint layout')
     p.add_argument('--model', required=True, choices=sorted({*OFFICIAL_V1, *HUB_RELEASES}))
     p.add_argument('--output', required=True, help='new folder: config.json + model.safetensors')
-    p.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='KEY=VALUE',
-                   help='create_model kwargs (e.g. smaller anchors for tests); compatibility settings are automatic')
+    add_model_kwargs(p, 'create_model kwargs (e.g. smaller anchors for tests); compatibility settings are automatic')
     p.set_defaults(func=_cmd_convert)

@@ -8,7 +8,6 @@ from typing import Callable
 import torch
 from timm.models import save_for_hf
 from timm.models._hub import save_config_for_hf
-from timm.utils import ParseKwargs
 from torch import nn
 
 from .._latency import example_input, merge_latency, profile, profile_header, resolve_device
@@ -17,26 +16,22 @@ from .._onnx import check_onnx, export_onnx
 from .._results import jsonable, load_sweep, write_results
 from .._selection import parse_stitches
 from .._utils import atomic_folder, folder_lock
+from ._args import add_model_kwargs, checkpoint, sweep_table
 
 
 def _load(args: argparse.Namespace) -> nn.Module:
-    if args.checkpoint:
-        return model_from_checkpoint(args.model, args.checkpoint, args.model_kwargs, args.num_classes)
     if args.pretrained:
         kwargs = {**args.model_kwargs, **({'num_classes': args.num_classes} if args.num_classes else {})}
         return load_snnet(args.model, pretrained=True, **kwargs)
-    raise SystemExit(f'{args.command} needs the SN-Net weights: --checkpoint PATH or --pretrained')
+    return model_from_checkpoint(args.model, args.checkpoint, args.model_kwargs, args.num_classes)
 
 
 def _pick(model: nn.Module, args: argparse.Namespace) -> int:
-    try:
-        if args.stitch is not None:
-            return model.check_id(args.stitch)
-        rows = load_sweep(args.sweep)['rows'] if args.sweep else None
-        return model.select_stitch(max_gflops=args.max_gflops, max_latency_ms=args.max_latency_ms, table=rows,
-                                   latency=args.latency)
-    except ValueError as e:
-        raise SystemExit(f'export: {e}') from e
+    if args.stitch is not None:
+        return model.check_id(args.stitch)
+    rows = load_sweep(args.sweep)['rows'] if args.sweep else None
+    return model.select_stitch(max_gflops=args.max_gflops, max_latency_ms=args.max_latency_ms, table=rows,
+                               latency=args.latency)
 
 
 def _write_folder(output: Path, write: Callable[[Path], None]) -> None:
@@ -60,7 +55,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
             if not args.no_verify:
                 diff = check_onnx(folder / 'model.onnx', stitch, example_input(stitch, 2))
                 if diff > args.atol:
-                    raise SystemExit(f'export: onnxruntime differs from eager by {diff:.2e} (> --atol {args.atol})')
+                    raise RuntimeError(f'onnxruntime differs from eager by {diff:.2e} (> --atol {args.atol})')
                 note = f'; onnxruntime matches eager within {diff:.1e}'
         _write_folder(output, write)
         how = f'onnxruntime.InferenceSession("{output / "model.onnx"}"); preprocessing in config.json'
@@ -77,21 +72,18 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     try:
         batch_sizes = sorted({int(b) for b in args.batch_sizes.split(',')})
     except ValueError:
-        raise SystemExit(f'--batch-sizes takes a comma list of integers, e.g. 1,8; got {args.batch_sizes!r}') from None
+        raise ValueError(f'--batch-sizes takes a comma list of integers, e.g. 1,8; got {args.batch_sizes!r}') from None
     if not batch_sizes or batch_sizes[0] < 1:
-        raise SystemExit(f'--batch-sizes must be positive, got {args.batch_sizes!r}')
+        raise ValueError(f'--batch-sizes must be positive, got {args.batch_sizes!r}')
     if args.threads is not None and args.threads < 1:
-        raise SystemExit(f'--threads must be >= 1, got {args.threads}')
+        raise ValueError(f'--threads must be >= 1, got {args.threads}')
     if args.rounds < 1 or args.warmup < 0:
-        raise SystemExit(f'--rounds must be >= 1 and --warmup >= 0, got {args.rounds} and {args.warmup}')
+        raise ValueError(f'--rounds must be >= 1 and --warmup >= 0, got {args.rounds} and {args.warmup}')
     device = resolve_device(args.device)
     if device.type == 'mps' and not torch.backends.mps.is_available():
-        raise SystemExit(f'--device {args.device} asked for MPS, but torch sees none; use --device cpu')
+        raise ValueError(f'--device {args.device} asked for MPS, but torch sees none; use --device cpu')
     model = _load(args)
-    try:
-        stitches = parse_stitches(args.stitches, model.num_configs)
-    except ValueError as e:
-        raise SystemExit(f'profile: {e}') from e
+    stitches = parse_stitches(args.stitches, model.num_configs)
     if args.output:
         _check_profile_output(Path(args.output), args.overwrite)  # before profiling, and again before writing
     else:
@@ -138,12 +130,12 @@ def _check_profile_output(out: Path, overwrite: bool) -> None:
 
 def _source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument('--model', required=True, help='registered SN-Net, e.g. snnet_deit_tsb')
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument('--checkpoint', help='train.py checkpoint, .safetensors, or a folder from convert / save_snnet')
+    src = p.add_mutually_exclusive_group()  # neither: --model local-dir:DIR / hf-hub:ORG/NAME holds its weights
+    src.add_argument('--checkpoint', type=checkpoint,
+                     help='train.py checkpoint, .safetensors, or a folder from convert / save_snnet')
     src.add_argument('--pretrained', action='store_true', help="the SN-Net's published weights (Hub)")
     p.add_argument('--num-classes', type=int, default=None)
-    p.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='KEY=VALUE',
-                   help='create_model kwargs the checkpoint was trained with')
+    add_model_kwargs(p, 'create_model kwargs the checkpoint was trained with')
 
 
 def add_commands(subparsers) -> None:
@@ -157,7 +149,7 @@ def add_commands(subparsers) -> None:
     which.add_argument('--max-gflops', type=float, help='the best config within this many GFLOPs')
     which.add_argument('--max-latency-ms', type=float, help='the best config within this latency (needs --sweep '
                                                             'or a model with a stored stitch table)')
-    p.add_argument('--sweep', help='sweep.json whose rows rank the configs (top-1, latency)')
+    p.add_argument('--sweep', type=sweep_table, help='sweep.json whose rows rank the configs (top-1, latency)')
     p.add_argument('--latency', default='b1', choices=('b1', 'bN'), help='latency column for --max-latency-ms')
     p.add_argument('--format', default='safetensors', choices=('safetensors', 'onnx'))
     p.add_argument('--output', required=True, help='new (or empty) output folder')
@@ -182,7 +174,7 @@ def add_commands(subparsers) -> None:
     p.add_argument('--min-run-time', type=float, default=0.1, help='seconds per timing (blocked_autorange)')
     out = p.add_mutually_exclusive_group(required=True)
     out.add_argument('--output', help='folder for sweep.json and sweep.csv')
-    out.add_argument('--merge', help='existing sweep.json (or its folder) to put the latencies into')
+    out.add_argument('--merge', type=sweep_table, help='existing sweep.json (or its folder) to put the latencies into')
     p.add_argument('--overwrite', action='store_true',
                    help="replace OUT/sweep.json if profile wrote it (a sweep's file is never replaced: use --merge)")
     p.set_defaults(func=_cmd_profile)

@@ -4,19 +4,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from timm.utils import ParseKwargs
-
 from .._load import model_from_checkpoint
 from .._publish import push_snnet, save_snnet
 from .._results import load_sweep
 from .._utils import file_sha256
+from ._args import add_model_kwargs, checkpoint, existing_file, sweep_table
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
     if args.dry_run and not args.save_dir:
-        raise SystemExit('--dry-run needs --save-dir DIR (where the repo folder is written)')
+        raise ValueError('--dry-run needs --save-dir DIR (where the repo folder is written)')
     model = model_from_checkpoint(args.model, args.checkpoint, args.model_kwargs, args.num_classes, args.use_ema)
-    if args.sweep and Path(args.checkpoint).is_file():
+    if args.sweep and args.checkpoint and Path(args.checkpoint).is_file():
         measured = (load_sweep(args.sweep).get('checkpoint') or {}).get('sha256')
         if measured and measured != file_sha256(Path(args.checkpoint)):
             print(f'warning: {args.sweep} was measured on another checkpoint (sha256 {measured[:12]}...)')
@@ -39,15 +38,16 @@ def add_commands(subparsers) -> None:
                     'config.json that timm.create_model("hf-hub:REPO", pretrained=True) builds it from, and a model '
                     'card with the per-stitch table and Pareto plot. Log in first (`hf auth login` or HF_TOKEN).')
     p.add_argument('--model', required=True, help='registered SN-Net, e.g. snnet_deit_tsb')
-    p.add_argument('--checkpoint', required=True,
+    p.add_argument('--checkpoint', type=checkpoint,
                    help='train.py checkpoint (.pth.tar/.pth, loaded with weights_only=True), .safetensors, or a '
-                        'folder written by `timm-snnet convert`')
+                        'folder written by `timm-snnet convert` (none for --model local-dir:DIR)')
     p.add_argument('--repo-id', required=True, help='ORG/NAME on the Hub')
-    p.add_argument('--sweep', help='OUT/sweep.json of `timm-snnet sweep`: its rows go into the card and the model')
-    p.add_argument('--card', help='model-card inputs: markdown with YAML front matter (e.g. hub/cards/MODEL.md)')
+    p.add_argument('--sweep', type=sweep_table,
+                   help='OUT/sweep.json of `timm-snnet sweep`: its rows go into the card and the model')
+    p.add_argument('--card', type=existing_file('a model card'),
+                   help='model-card inputs: markdown with YAML front matter (e.g. hub/cards/MODEL.md)')
     p.add_argument('--private', action='store_true', help='create the repo private')
-    p.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='KEY=VALUE',
-                   help='create_model kwargs the checkpoint was trained with (e.g. stitch_id=20)')
+    add_model_kwargs(p, 'create_model kwargs the checkpoint was trained with (e.g. stitch_id=20)')
     p.add_argument('--num-classes', type=int, help='classes of the checkpoint, if not 1000')
     p.add_argument('--use-ema', action='store_true', help="load the checkpoint's EMA weights")
     p.add_argument('--revision', help='branch to push to (default main)')

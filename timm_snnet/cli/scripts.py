@@ -16,24 +16,38 @@ import sys
 from typing import Optional, Sequence
 
 import timm_snnet  # noqa: F401  (registers the snnet_* models)
-from timm_snnet._distill import DistillationError, check_train_args
+from timm_snnet._distill import check_train_args
 
-__all__ = ['run_script', 'add_commands', 'main']
+from ._args import check_model_kwargs
+
+__all__ = ['check_script', 'run_script', 'add_commands', 'main']
 
 _USAGE = ('usage: python -m timm_snnet.cli.run SCRIPT.py [ARGS...]\n'
           "SCRIPT.py is one of timm's scripts (train.py, validate.py, benchmark.py) from a checkout of "
           'https://github.com/huggingface/pytorch-image-models; pip does not ship them.')
 
 
-def run_script(script: str, args: Sequence[str] = ()) -> None:
-    """Import the plugin, then run `script` as `__main__` with `sys.argv = [script, *args]`, untouched."""
+def check_script(script: str, args: Sequence[str] = ()) -> str:
+    """The script's absolute path, once its command line passed the checks that would otherwise fail inside it with a
+    traceback (a ValueError / FileNotFoundError, one line): a missing script, malformed `--model-kwargs`, and for
+    train.py a distillation that would not teach."""
     path = os.path.abspath(script)
     if not os.path.isfile(path):
-        raise SystemExit(f'timm-snnet run: no script at {script!r}.\n{_USAGE}')
+        raise FileNotFoundError(f'no script at {script!r}: pass the path of train.py, validate.py or benchmark.py from '
+                                f'a checkout of https://github.com/huggingface/pytorch-image-models (pip does not '
+                                f'ship them)')
+    check_model_kwargs(os.path.basename(path), list(args))
     if os.path.basename(path) == 'train.py':  # refuse a distillation that would not teach, before any set-up
         summary = check_train_args(args)
         if summary and int(os.environ.get('RANK', '0')) == 0:
             print(f'timm-snnet run: {summary}', file=sys.stderr)
+    return path
+
+
+def run_script(script: str, args: Sequence[str] = (), checked: bool = False) -> None:
+    """Import the plugin, then run `script` as `__main__` with `sys.argv = [script, *args]`, untouched (after
+    `check_script`, unless `checked`)."""
+    path = os.path.abspath(script) if checked else check_script(script, args)
     saved_argv, saved_path0 = sys.argv, sys.path[0] if sys.path else None
     sys.argv = [script, *args]
     if sys.path:
@@ -49,7 +63,10 @@ def run_script(script: str, args: Sequence[str] = ()) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    run_script(args.script, [*args.args, *getattr(args, 'extra', [])])
+    argv = [*args.args, *getattr(args, 'extra', [])]
+    check_script(args.script, argv)
+    args.script_started = True  # from here on, errors are the script's own (cli.main keeps their traceback)
+    run_script(args.script, argv, checked=True)
     return 0
 
 
@@ -68,10 +85,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(_USAGE, file=sys.stderr if not argv else sys.stdout)
         return 0 if argv else 2
     try:
-        run_script(argv[0], argv[1:])
-    except DistillationError as e:  # a refused set-up; train.py's own errors keep their traceback
+        check_script(argv[0], argv[1:])
+    except (ValueError, FileNotFoundError) as e:  # a refused set-up; the script's own errors keep their traceback
         print(f'timm-snnet run: {" ".join(str(e).split())}', file=sys.stderr)
         return 2
+    run_script(argv[0], argv[1:], checked=True)
     return 0
 
 

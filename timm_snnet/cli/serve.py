@@ -6,6 +6,7 @@ import os
 import sys
 
 from .._serve import build_app, load_latency_table, serve_forever
+from ._args import existing_file, sweep_table
 
 
 def _read_labels(path: str) -> list[str]:
@@ -52,8 +53,10 @@ def add_commands(subparsers) -> None:
     p.add_argument('--max-batch-size', type=int, default=32, help='dynamic batching: largest batch (default 32)')
     p.add_argument('--batch-wait-ms', type=float, default=2.0, help='dynamic batching: longest wait (default 2)')
     p.add_argument('--threads', type=int, default=1, help='torch threads (and Ray CPUs) per replica (default 1)')
-    p.add_argument('--latency-table', help='sweep.json with latency_ms_b{n} rows (default: profile at start-up)')
+    p.add_argument('--latency-table', type=sweep_table,
+                   help='sweep.json with latency_ms_b{n} rows (default: profile at start-up)')
     p.add_argument('--profile-rounds', type=int, default=3, help='start-up profiling rounds (default 3)')
     p.add_argument('--max-body-mb', type=float, default=10.0, help='largest request body in MiB (default 10)')
-    p.add_argument('--labels', help='text file with one class name per line (default: the model config, else ids)')
+    p.add_argument('--labels', type=existing_file('a labels file'),
+                   help='text file with one class name per line (default: the model config, else ids)')
     p.set_defaults(func=_cmd_serve)

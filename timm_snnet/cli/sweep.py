@@ -7,20 +7,19 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from safetensors.torch import save_file
-from timm.utils import ParseKwargs
 
 from .._dist import env_rank
 from .._evaluate import init_checkpoint, sweep
-from .._load import create_snnet, load_model
+from .._load import create_snnet, model_from_checkpoint
 from .._plot import X_AXES, plot_sweep
 from .._results import ROW_KEYS, load_sweep
 from .._selection import LATENCY_KEYS, select_stitch
 from .._utils import atomic_file, check_new_file
+from ._args import add_model_kwargs, checkpoint, existing_file, image_folder, sweep_table
 
 
 def _model_kwargs_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='KEY=VALUE',
-                   help="create_model kwargs, as train.py's --model-kwargs (e.g. img_size=384 stitch_seed=1)")
+    add_model_kwargs(p, "create_model kwargs, as train.py's --model-kwargs (e.g. img_size=384 stitch_seed=1)")
 
 
 def _overwrite_arg(p: argparse.ArgumentParser, what: str = '--output') -> None:
@@ -63,7 +62,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     out = Path(args.output)
     print(f'wrote {out / "sweep.json"} and {out / "sweep.csv"} ({len(result["rows"])} stitches)')
     if args.save_model:
-        model = load_model(args.model, args.checkpoint, args.model_kwargs, args.num_classes, args.use_ema)
+        model = model_from_checkpoint(args.model, args.checkpoint, args.model_kwargs, args.num_classes, args.use_ema)
         model.set_stitch_table(result['rows'])
         with atomic_file(args.save_model, args.overwrite) as tmp:
             save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
@@ -79,20 +78,17 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 def _cmd_select(args: argparse.Namespace) -> int:
     budget = dict(max_gflops=args.max_gflops, max_latency_ms=args.max_latency_ms, min_top1=args.min_top1,
                   latency=args.latency)
-    try:
-        if args.sweep:
-            rows = load_sweep(args.sweep)['rows']
-            best = select_stitch(rows, **budget)
-        elif args.model:
-            model = (load_model(args.model, args.checkpoint, args.model_kwargs, args.num_classes) if args.checkpoint
-                     else create_snnet(args.model, args.model_kwargs, args.num_classes))
-            rows = model.stitch_table or [dict(id=c.id, path=model.describe(c), gflops=c.gflops, params=c.params)
-                                          for c in model.stitch_configs()]
-            best = model.select_stitch(**budget, table=rows)
-        else:
-            raise SystemExit('select needs a sweep.json (positional) or --model [--checkpoint]')
-    except ValueError as e:
-        raise SystemExit(f'select: {e}') from e
+    if args.sweep:
+        rows = load_sweep(args.sweep)['rows']
+        best = select_stitch(rows, **budget)
+    elif args.model:
+        model = (model_from_checkpoint(args.model, args.checkpoint, args.model_kwargs, args.num_classes)
+                 if args.checkpoint else create_snnet(args.model, args.model_kwargs, args.num_classes))
+        rows = model.stitch_table or [dict(id=c.id, path=model.describe(c), gflops=c.gflops, params=c.params)
+                                      for c in model.stitch_configs()]
+        best = model.select_stitch(**budget, table=rows)
+    else:
+        raise ValueError('select needs a sweep.json (positional) or --model [--checkpoint]')
     row = next(r for r in rows if r['id'] == best)
     extra = '\t'.join(f'{k}={row[k]:g}' for k in ROW_KEYS[2:] if isinstance(row.get(k), (int, float)))
     print(f'{best}\t{row.get("path", "")}\t{extra}')
@@ -102,7 +98,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
 def add_commands(subparsers) -> None:
     p = subparsers.add_parser('init', help='least-squares init of the stitching layers -> .safetensors for train.py')
     p.add_argument('--model', required=True, help='registered snnet model, e.g. snnet_deit_tsb')
-    p.add_argument('--data-dir', required=True, help='ImageFolder root (uses DIR/train if present)')
+    p.add_argument('--data-dir', required=True, type=image_folder, help='ImageFolder root (uses DIR/train if present)')
     p.add_argument('--output', required=True, help='output .safetensors (train.py --initial-checkpoint)')
     p.add_argument('--pretrained-anchors', action='store_true', help="load each anchor's timm pretrained weights")
     p.add_argument('--anchor-checkpoints', nargs='+', default=None, metavar='CKPT',
@@ -128,8 +124,9 @@ def add_commands(subparsers) -> None:
                     '0 writes, and latency is left to `timm-snnet profile` (per device). Sweeps of other --stitches '
                     'into one OUT may run at once: each write merges under a lock, every row is kept.')
     p.add_argument('--model', required=True)
-    p.add_argument('--checkpoint', required=True, help='train.py checkpoint (.pth.tar) or .safetensors')
-    p.add_argument('--data-dir', required=True, help='ImageFolder root (uses DIR/val if present)')
+    p.add_argument('--checkpoint', type=checkpoint, help='train.py checkpoint (.pth.tar), .safetensors or SN-Net '
+                                                         'folder; none for --model local-dir:DIR / hf-hub:ORG/NAME')
+    p.add_argument('--data-dir', required=True, type=image_folder, help='ImageFolder root (uses DIR/val if present)')
     p.add_argument('--output', required=True, help='output dir for sweep.json and sweep.csv')
     p.add_argument('--stitches', default='all', help="config ids: 'all' (default), '0-70', '3' or '0-2,5'")
     p.add_argument('--batch-size', type=int, default=64, help='eval batch, and the N of latency_ms_bN')
@@ -150,17 +147,19 @@ def add_commands(subparsers) -> None:
     p.set_defaults(func=_cmd_sweep)
 
     p = subparsers.add_parser('plot', help='Pareto plot (PNG) of a sweep')
-    p.add_argument('sweep', help='OUT/sweep.json or OUT/')
+    p.add_argument('sweep', type=sweep_table, help='OUT/sweep.json or OUT/')
     p.add_argument('--output', default=None, help='PNG path (default OUT/pareto_<x>.png)')
     p.add_argument('--x', default='gflops', choices=sorted(X_AXES), help='x axis (default gflops)')
-    p.add_argument('--reference', default=None, help='official points, JSONL with cfg_id, flops, acc1')
+    p.add_argument('--reference', default=None, type=existing_file('a reference file'),
+                   help='official points, JSONL with cfg_id, flops, acc1')
     _overwrite_arg(p)
     p.set_defaults(func=_cmd_plot)
 
     p = subparsers.add_parser('select', help='best stitch within a budget (prints: id, path, measurements)')
-    p.add_argument('sweep', nargs='?', default=None, help='OUT/sweep.json (else --model, FLOPs or its stored table)')
+    p.add_argument('sweep', nargs='?', default=None, type=sweep_table,
+                   help='OUT/sweep.json (else --model, FLOPs or its stored table)')
     p.add_argument('--model', default=None)
-    p.add_argument('--checkpoint', default=None, help='weights whose stored stitch table to use')
+    p.add_argument('--checkpoint', default=None, type=checkpoint, help='weights whose stored stitch table to use')
     p.add_argument('--num-classes', type=int, default=None)
     p.add_argument('--max-gflops', type=float, default=None)
     p.add_argument('--max-latency-ms', type=float, default=None)
