@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import pytest
 import timm
-from conftest import tiny
+from conftest import TINY, tiny
 from hub_fixtures import hub_endpoint, hub_server  # noqa: F401 (fixtures)
 from huggingface_hub import HfApi
 
@@ -220,8 +220,6 @@ def test_size_is_checked_before_allocating(kind: str, saved: Path, tmp_path: Pat
 
 
 def test_checkpoint_file_pickle_is_refused(tmp_path: Path, trap: dict) -> None:
-    from conftest import TINY
-
     from timm_snnet import load_model
     with pytest.raises(ValueError, match='a weights-only load refuses') as e:
         load_model('snnet_deit_tsb', trap['evil'], TINY['snnet_deit_tsb'][0])
@@ -232,8 +230,6 @@ def test_checkpoint_file_pickle_is_refused(tmp_path: Path, trap: dict) -> None:
 def test_anchor_url_weights_skip_timms_unpickler_fallback(tmp_path: Path, trap: dict,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """timm's URL loader retries a weights_only TypeError with torch.hub's full unpickler; anchors never use it."""
-    from conftest import TINY
-
     import timm.models._builder as builder
     monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
     monkeypatch.setattr(builder, 'load_state_dict_from_url', lambda *a, **k: pytest.fail('timm URL loader used'))
