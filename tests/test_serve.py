@@ -32,6 +32,9 @@ TABLE = {r['id']: r for r in json.loads((MODEL / 'config.json').read_text())['mo
 FRONT = [TABLE[k] for k in pareto_front(list(TABLE.values()), 'gflops', 'top1')]  # what serve serves by default
 SLO_MS = 25.0
 MAX_BODY = 50_000  # --max-body-mb below, in bytes (rounded down)
+TIMEOUT_S = 2.0  # --request-timeout-s
+MAX_QUEUE = 16  # --max-queue
+TOKEN = 'test-token'  # TIMM_SNNET_AUTH_TOKEN of the live server
 
 # Ti / S / B with the shape of the shipped model's latencies (ms at batch 1, 8, 32)
 ROWS = [
@@ -69,9 +72,9 @@ def test_controller_follows_load_with_hysteresis():
     clock.t += 5
     assert [c.choose(8, wait_ms=8) for _ in range(10)] == [1] * 10
     assert c.choose(8, wait_ms=6) == 2 and c.switches == 5  # 21 <= 21.6: headroom, so up (hold_s has passed)
-    # a queue behind this batch counts: B now (6.5 ms), then B for the next 32 (48 ms) is too late
+    # a queue behind this batch counts: B now (6.5 ms), then Ti for the 150 queued (24 ms) is too late
     clock.t += 5
-    assert c.choose(1, wait_ms=0, backlog=40) == 1
+    assert c.choose(1, wait_ms=0, backlog=40) == 2 and c.choose(1, wait_ms=0, backlog=150) == 1
 
 
 def test_controller_calibrates_and_reports():
@@ -169,10 +172,10 @@ def server(tmp_path_factory):
     log = tmp_path_factory.mktemp('serve') / 'server.log'
     cmd = [sys.executable, '-m', 'timm_snnet.cli', 'serve', f'local-dir:{MODEL}', '--port', str(port),
            '--slo-ms', str(SLO_MS), '--max-batch-size', '32', '--profile-rounds', '1', '--max-body-mb',
-           str(MAX_BODY / (1 << 20))]
+           str(MAX_BODY / (1 << 20)), '--request-timeout-s', str(TIMEOUT_S), '--max-queue', str(MAX_QUEUE)]
     with open(log, 'wb') as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-                                env={**os.environ, 'HF_HUB_OFFLINE': '1'})
+                                env={**os.environ, 'HF_HUB_OFFLINE': '1', 'TIMM_SNNET_AUTH_TOKEN': TOKEN})
     url = f'http://127.0.0.1:{port}'
     deadline = time.monotonic() + 120
     while True:
@@ -196,8 +199,12 @@ def server(tmp_path_factory):
             proc.kill()
 
 
-def _call(url: str, path: str, data: bytes | None = None, ctype: str | None = None, method: str | None = None):
-    req = urllib.request.Request(url + path, data=data, method=method, headers={'Content-Type': ctype} if ctype else {})
+def _call(url: str, path: str, data: bytes | None = None, ctype: str | None = None, method: str | None = None,
+          token: str | None = TOKEN):
+    headers = {'Content-Type': ctype} if ctype else {}
+    if token is not None:
+        headers['Authorization'] = f'Bearer {token}'
+    req = urllib.request.Request(url + path, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=30) as f:
             return f.status, json.loads(f.read())
@@ -304,6 +311,132 @@ def test_bad_input_gets_4xx_and_server_keeps_serving(server, images):
         assert status == code and reason in doc['error'] and '\n' not in doc['error'], (args[0], status, doc)
     assert _call(url, '/predict', method='GET')[0] == 405
     assert _call(url, '/predict?stitch_id=0', png, 'image/png')[0] == 200
+
+
+def test_hostile_input_gets_one_line_4xx(server, images):
+    url, png = server['url'], images[0][0]
+    b64 = base64.b64encode(png).decode()
+    big = io.BytesIO()
+    Image.new('L', (500, 500)).save(big, 'PNG')  # 250k pixels: over 256x the model's 28x28 input
+
+    def doc(extra: str) -> bytes:
+        return f'{{"image": "{b64}", {extra}}}'.encode()
+
+    cases = [
+        (('/predict', b'[' * 20_000 + b']' * 20_000, 'application/json'), 400, 'nested too deeply'),
+        (('/predict', doc('"stitch_id": 1' + '0' * 400), 'application/json'), 400, 'finite number'),
+        (('/predict', doc('"stitch_id": 1' + '0' * 5000), 'application/json'), 400, 'not valid JSON'),
+        (('/predict', doc('"max_gflops": [[[[[[1]]]]]]'), 'application/json'), 400, 'must be a number'),
+        (('/predict', doc('"stitch_id": 1, "stitch_id": 2'), 'application/json'), 400, 'more than once'),
+        (('/predict?stitch_id=1', doc('"stitch_id": 2'), 'application/json'), 400, 'given twice'),
+        (('/predict?stitch_id=1' + '0' * 400, png, 'image/png'), 400, 'finite number'),
+        (('/predict?stitch_id=1&stitch_id=2', png, 'image/png'), 400, 'more than once'),
+        (('/predict?' + 'x' * 5000 + '=1', png, 'image/png'), 400, 'unknown field'),
+        (('/predict', big.getvalue(), 'image/png'), 413, 'over the limit'),
+    ]
+    for args, code, reason in cases:
+        status, answer = _call(url, *args)
+        assert status == code and reason in answer['error'], (args[0][:40], status, answer)
+        assert '\n' not in answer['error'] and len(answer['error']) < 200, answer
+    assert _call(url, '/predict?stitch_id=0', png, 'image/png')[0] == 200
+
+
+def _answer(sock: socket.socket) -> tuple[int, dict[str, str]]:
+    """Status and headers of the one response on `sock` (read to the end)."""
+    data = b''
+    while chunk := sock.recv(65536):
+        data += chunk
+    head = data.split(b'\r\n\r\n')[0].decode().split('\r\n')
+    return int(head[0].split()[1]), {k.lower(): v.strip() for k, v in (line.split(':', 1) for line in head[1:])}
+
+
+def test_bearer_token(server, images):
+    url, png = server['url'], images[0][0]
+    for token in (None, 'wrong'):
+        status, answer = _call(url, '/predict', png, 'image/png', token=token)
+        assert status == 401 and 'bearer token' in answer['error']
+        assert _call(url, '/stitches', token=token)[0] == 401
+    assert _call(url, '/health', token=None) == (200, {'status': 'ok'})
+    with socket.create_connection(('127.0.0.1', server['port']), timeout=30) as s:
+        s.sendall(b'GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n')
+        code, headers = _answer(s)
+    assert code == 401 and headers.get('www-authenticate') == 'Bearer'
+
+
+def test_public_host_needs_a_token(monkeypatch):
+    import ray
+
+    from timm_snnet._serve import start_serve
+
+    monkeypatch.delenv('TIMM_SNNET_AUTH_TOKEN', raising=False)
+    with pytest.raises(ValueError, match='without a bearer token'):
+        start_serve('0.0.0.0', _free_port())
+    assert not ray.is_initialized()
+
+
+def _request(png: bytes, query: str = '') -> bytes:
+    return (f'POST /predict{query} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n'
+            f'Content-Type: image/png\r\nContent-Length: {len(png)}\r\nConnection: close\r\n\r\n').encode() + png
+
+
+def test_full_queue_answers_503_at_once(server, images):
+    # 256 requests at once for the slowest stitch: Ray queues MAX_QUEUE for the replica (which holds up to 128) and
+    # answers the rest 503 (it counts requests not yet assigned, so a burst sees 503s before the replica is full)
+    socks = [socket.create_connection(('127.0.0.1', server['port']), timeout=60) for _ in range(256)]
+    try:
+        for s in socks:
+            s.sendall(_request(images[0][0], '?stitch_id=2'))
+        answers = [_answer(s) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+    codes = [code for code, _ in answers]
+    assert set(codes) <= {200, 503} and codes.count(503) > 0 and codes.count(200) >= MAX_QUEUE, codes
+    assert all(headers.get('retry-after') == '1' for code, headers in answers if code == 503)
+    assert _call(server['url'], '/predict', images[0][0], 'image/png')[0] == 200
+
+
+def test_stalled_clients_are_cut_off_while_valid_traffic_is_served(server, images):
+    """Issue 28: 150 stalled uploads (128 used to block every request), 100 silent connections and 50 that never
+    finish their headers: /health and /predict answer within their SLO, and the server closes every stalled one
+    within the request timeout (the uploads with a 408)."""
+    url, png = server['url'], images[0][0]
+    upload = _request(png)
+    stalls = {'upload': upload[:-len(png) // 2], 'silent': b'', 'headers': upload[:40]}
+    counts = {'upload': 150, 'silent': 100, 'headers': 50}
+    start = time.monotonic()
+    stalled = []
+    try:
+        for kind, n in counts.items():
+            for _ in range(n):
+                stalled.append((kind, socket.create_connection(('127.0.0.1', server['port']), timeout=10)))
+                stalled[-1][1].sendall(stalls[kind])
+
+        def traffic(path: str, data: bytes | None) -> list[tuple[int, float]]:
+            out = []
+            while time.monotonic() - start < 0.75 * TIMEOUT_S:
+                t = time.monotonic()
+                out.append((_call(url, path, data, 'image/png' if data else None)[0], time.monotonic() - t))
+            return out
+
+        with ThreadPoolExecutor(4) as pool:
+            runs = list(pool.map(traffic, ['/health', '/health', '/predict', '/predict'], [None, None, png, png]))
+        for path, slo_s, got in (('/health', 0.5, runs[0] + runs[1]), ('/predict', 1.0, runs[2] + runs[3])):
+            times = sorted(t for _, t in got)
+            assert len(got) >= 4 and {code for code, _ in got} == {200}, (path, got)
+            assert times[int(0.95 * (len(times) - 1))] < slo_s, (path, times)
+        # every stalled connection is closed by the server: after TIMEOUT_S (a watch runs every TIMEOUT_S)
+        for kind, s in stalled:
+            s.settimeout(max(start + 2 * TIMEOUT_S + 5 - time.monotonic(), 0.1))
+            data = b''
+            while chunk := s.recv(65536):  # a socket.timeout here: the server never closed it
+                data += chunk
+            assert data.startswith(b'HTTP/1.1 408') if kind == 'upload' else data == b'', (kind, data[:80])
+        assert time.monotonic() - start < 2 * TIMEOUT_S + 5
+    finally:
+        for _, s in stalled:
+            s.close()
+    assert _call(url, '/predict', png, 'image/png')[0] == 200
 
 
 def test_sigterm_shuts_down_cleanly(server):

@@ -15,10 +15,10 @@ from .. import SNNetLoadError
 from .._anchors import AnchorCheckpointError
 from .._convert import ConversionError
 from .._load import create_snnet
-from . import convert, coverage, export, push, scripts, serve, sweep
+from . import convert, coverage, export, push, scripts, serve, servebench, sweep
 from ._args import CommandError, Parser
 
-COMMANDS = (scripts, sweep, push, convert, export, coverage, serve)
+COMMANDS = (scripts, sweep, push, convert, export, coverage, serve, servebench)
 # what the library raises for bad input: one line `timm-snnet COMMAND: message` on stderr, exit status 2
 USER_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError, ImportError,
                SNNetLoadError, AnchorCheckpointError, ConversionError)

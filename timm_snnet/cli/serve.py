@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 
-from .._serve import build_app, load_latency_table, serve_forever
+from .._serve import AUTH_ENV, MAX_QUEUE, REQUEST_TIMEOUT_S, build_app, load_latency_table, serve_forever
 from ._args import existing_file, sweep_table
 
 
@@ -21,7 +21,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size, batch_wait_ms=args.batch_wait_ms, threads=args.threads,
         latency_table=load_latency_table(args.latency_table) if args.latency_table else None,
         profile_rounds=args.profile_rounds, max_body_bytes=int(args.max_body_mb * (1 << 20)),
-        labels=_read_labels(args.labels) if args.labels else None, controller=dict(margin=args.slo_margin))
+        labels=_read_labels(args.labels) if args.labels else None, controller=dict(margin=args.slo_margin),
+        request_timeout_s=args.request_timeout_s, max_queue=args.max_queue)
     mode = f'adaptive, p95 SLO {args.slo_ms:g} ms' if args.slo_ms else 'fixed stitch'
 
     def ready() -> None:
@@ -29,7 +30,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
               'replica(s)); Ctrl-C to stop', file=sys.stderr, flush=True)
 
     num_cpus = max(os.cpu_count() or 1, args.replicas * args.threads)
-    serve_forever(app, host=args.host, port=args.port, num_cpus=num_cpus, ready=ready)
+    serve_forever(app, host=args.host, port=args.port, num_cpus=num_cpus, ready=ready,
+                  request_timeout_s=args.request_timeout_s, max_body_bytes=int(args.max_body_mb * (1 << 20)),
+                  auth_token=args.auth_token)
     print('timm-snnet serve: stopped', file=sys.stderr, flush=True)
     return 0
 
@@ -41,7 +44,8 @@ def add_commands(subparsers) -> None:
                     'stitch_id, max_gflops, max_latency_ms, min_top1 as query parameters or JSON fields), '
                     'GET /stitches, GET /metrics, GET /health. Runs until SIGINT/SIGTERM.')
     p.add_argument('model', help='registered snnet name, hf-hub:ORG/REPO or local-dir:DIR')
-    p.add_argument('--host', default='127.0.0.1', help='address to listen on (default 127.0.0.1)')
+    p.add_argument('--host', default='127.0.0.1',
+                   help='address to listen on (default 127.0.0.1; any other needs a bearer token)')
     p.add_argument('--port', type=int, default=8000, help='port (default 8000)')
     p.add_argument('--replicas', type=int, default=1, help='model replicas (default 1)')
     p.add_argument('--slo-ms', type=float, help='adaptive mode: p95 latency target; the stitch follows the load')
@@ -57,6 +61,15 @@ def add_commands(subparsers) -> None:
                    help='sweep.json with latency_ms_b{n} rows (default: profile at start-up)')
     p.add_argument('--profile-rounds', type=int, default=3, help='start-up profiling rounds (default 3)')
     p.add_argument('--max-body-mb', type=float, default=10.0, help='largest request body in MiB (default 10)')
+    p.add_argument('--request-timeout-s', type=float, default=REQUEST_TIMEOUT_S,
+                   help='seconds a client gets for its headers, its body, and between requests; a connection that '
+                        f'takes longer is closed (408 once its headers are in; default {REQUEST_TIMEOUT_S:g})')
+    p.add_argument('--max-queue', type=int, default=MAX_QUEUE,
+                   help='requests queued for busy replicas; past it, 503 with Retry-After at once '
+                        f'(default {MAX_QUEUE})')
+    p.add_argument('--auth-token', default=os.environ.get(AUTH_ENV),
+                   help=f'require Authorization: Bearer TOKEN on every route but /health (default: ${AUTH_ENV}, '
+                        'which keeps it out of the process list)')
     p.add_argument('--labels', type=existing_file('a labels file'),
                    help='text file with one class name per line (default: the model config, else ids)')
     p.set_defaults(func=_cmd_serve)
