@@ -11,8 +11,22 @@ from pathlib import Path
 import pytest
 
 from timm_snnet._serve import RequestError, StitchController, parse_budget
-from timm_snnet._servebench import (Arrival, best_fixed, bursty, parse_arms, parse_load, peak_rate, poisson,
-                                    production_trace, ramp, read_trace, simulate, summarize, transform, write_trace)
+from timm_snnet._servebench import (
+    Arrival,
+    best_fixed,
+    bursty,
+    parse_arms,
+    parse_load,
+    peak_rate,
+    poisson,
+    production_trace,
+    ramp,
+    read_trace,
+    simulate,
+    summarize,
+    transform,
+    write_trace,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / 'examples' / 'fashion_mnist' / 'model'
