@@ -81,7 +81,7 @@ def test_generators_are_seeded_with_exact_counts():
     assert len(bursty(2, 30, 60, seed=0)) == 509 and bursty(2, 30, 60, seed=0) == parse_load('bursty:2,30', 60)
     assert bursty(2, 30, 60, 4, 1, seed=5) == parse_load('bursty:2,30,4,1', 60, seed=5)
     trace = production_trace(120, seed=0)
-    assert len(trace) == 767 and trace == production_trace(120, seed=0) != production_trace(120, seed=1)
+    assert len(trace) == 1100 and trace == production_trace(120, seed=0) != production_trace(120, seed=1)
     assert all(0 <= a.t_ms < 120e3 for a in trace) and peak_rate(trace) > 3 * len(trace) / 120  # bursty
     for spec in ('poisson:x', 'ramp:1,2', 'bursty:1', 'bursty:1,2,0,1', 'sine:3', 'ramp:1,-2@5'):
         with pytest.raises(ValueError, match='--load'):
@@ -184,11 +184,12 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, args, match):
     assert err.startswith('timm-snnet serve-bench: ') and '\n' not in err and __import__('re').search(match, err)
 
 
+@pytest.mark.slow  # Ray start-up and two deployments: about 30-50 s
 def test_serve_bench_real_run(tmp_path):
-    """A real run on Ray Serve: two arms, 3 s of Poisson load, the tiny model."""
+    """A real run on Ray Serve: two arms, 2 s of Poisson load, the tiny model."""
     out = tmp_path / 'bench'
     cmd = [sys.executable, '-m', 'timm_snnet.cli', 'serve-bench', f'local-dir:{MODEL}', '--load', 'poisson:15',
-           '--duration', '3', '--arms', 'fixed:0,adaptive', '--slo-ms', '200', '--stitches', '0-2',
+           '--duration', '2', '--arms', 'fixed:0,adaptive', '--slo-ms', '200', '--stitches', '0-2',
            '--output', str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env={**os.environ, 'HF_HUB_OFFLINE': '1'})
@@ -199,7 +200,7 @@ def test_serve_bench_real_run(tmp_path):
     for arm in doc['arms']:
         assert set(arm) >= {'name', 'requests', 'answered', 'errors', 'slo_attainment', 'mean_top1', 'p50_ms',
                             'p95_ms', 'p99_ms', 'throughput_rps', 'switches'}
-        assert arm['requests'] == doc['load']['requests'] > 20 and arm['errors'] == 0 and arm['mean_top1'] > 50
+        assert arm['requests'] == doc['load']['requests'] > 12 and arm['errors'] == 0 and arm['mean_top1'] > 50
     assert (out / 'serve.png').stat().st_size > 10_000 and '| adaptive |' in (out / 'serve.md').read_text()
     rows = json.loads((out / 'latency.json').read_text())
     assert sorted(r['id'] for r in rows) == [0, 1, 2] and all(r['latency_ms_b8'] > 0 for r in rows)

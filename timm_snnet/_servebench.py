@@ -168,7 +168,7 @@ def parse_load(spec: str, duration_s: float = 60.0, seed: int = 0) -> list[Arriv
 
 
 def production_trace(duration_s: float = 600.0, base: float = 4.0, peak: float = 24.0, period_s: float = 300.0,
-                     mean_calm_s: float = 20.0, mean_burst_s: float = 6.0, deadline_ms: Optional[float] = None,
+                     mean_calm_s: float = 45.0, mean_burst_s: float = 4.0, deadline_ms: Optional[float] = None,
                      seed: int = 0) -> list[Arrival]:
     """A production-shaped trace: a diurnal swing (`base` x (1 +/- 0.5) over `period_s`) times Markov-modulated
     bursts to `peak` req/s (spells of mean `mean_calm_s` / `mean_burst_s`), drawn by thinning; seeded."""
