@@ -197,7 +197,9 @@ class StitchController:
         per_request = self.predict_ms(k, max(batch_size, 1)) / max(batch_size, 1)
         if rate * per_request / 1e3 > self.max_utilization:
             return math.inf
-        return max(wait_ms + run, then, run + self.predict_ms(k, rate * run / 1e3))
+        behind = rate * run / 1e3  # expected arrivals during this batch: a fraction of one costs that fraction
+        return max(wait_ms + run, then, run + (self.predict_ms(k, behind) if behind >= 1 else
+                                               behind * self.predict_ms(k, 1)))
 
     def choose(self, batch_size: int, wait_ms: float = 0.0, backlog: int = 0, deadline_ms: Optional[float] = None,
                queued_deadline_ms: Optional[float] = None) -> int:
