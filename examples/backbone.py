@@ -48,7 +48,7 @@ def main(argv=None) -> list[dict]:
     x = torch.randn(2, 3, args.img_size, args.img_size)
     report = []
     for stitch_id in args.stitches:
-        backbone = timm.create_model(args.model, pretrained=args.pretrained, features_only=True,
+        backbone = timm.create_model(args.model, pretrained=args.pretrained, features_only=True, feature_cls='getter',
                                      out_indices=tuple(args.out_indices), stitch_id=stitch_id, **kwargs).eval()
         info = backbone.feature_info
         head = TinyFPN(info.channels()).eval()

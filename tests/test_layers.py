@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / 'timm_snnet'
 LAYERS = {
     'pure': ('_configs', '_sampling', '_selection', '_results', '_errors', '_utils', '_releases', '_inputs'),
     'blocks': ('families', '_stitching', '_flops', '_routes', '_pickle', '_anchors'),
-    'engine': ('_snnet', '_features', '_training', '_exported'),
+    'engine': ('_snnet', '_features', '_training', '_exported', '_dense'),
     'glue': ('_models',),
     'weights': ('_trust', '_convert', '_sources', '_load'),
     'tools': ('_publish', '_plot', '_onnx', '_latency', '_evaluate', '_coverage', '_serve', '_servebench', '_dist',

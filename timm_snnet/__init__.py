@@ -6,6 +6,11 @@ from ._configs import StitchConfig as StitchConfig
 from ._configs import enumerate_configs as enumerate_configs
 from ._convert import ConversionError as ConversionError
 from ._convert import convert as convert
+from ._dense import DenseError as DenseError
+from ._dense import StitchableFeatures as StitchableFeatures
+from ._dense import export_stitch as export_stitch
+from ._dense import set_stitch as set_stitch
+from ._dense import stitch_configs as stitch_configs
 from ._errors import SNNetLoadError as SNNetLoadError
 from ._evaluate import ROW_KEYS as ROW_KEYS
 from ._evaluate import evaluate as evaluate
@@ -41,9 +46,10 @@ from .families import register_family as register_family
 
 __version__ = '0.1.0'
 __all__ = [
-    'ConversionError', 'DEIT3', 'DEIT_TSB', 'ExportedStitch', 'Family', 'HF_HUB_ORG', 'ROW_KEYS', 'SNNet',
+    'ConversionError', 'DEIT3', 'DEIT_TSB', 'DenseError', 'ExportedStitch', 'Family', 'HF_HUB_ORG', 'ROW_KEYS', 'SNNet',
     'SNNetLoadError', 'StitchConfig', 'build_app', 'can_stitch', 'check_onnx', 'convert', 'enumerate_configs',
     'evaluate', 'export_onnx', 'family_for', 'fetch_official', 'flops_groups', 'init_checkpoint', 'load_model',
     'load_snnet', 'load_sweep', 'measure_latency', 'pareto_front', 'plot_sweep', 'profile', 'push_snnet',
-    'read_reference', 'register_family', 'ros_weights', 'save_snnet', 'select_stitch', 'sweep', 'write_results',
+    'read_reference', 'register_family', 'ros_weights', 'save_snnet', 'select_stitch', 'set_stitch',
+    'StitchableFeatures', 'stitch_configs', 'sweep', 'write_results', 'export_stitch',
 ]

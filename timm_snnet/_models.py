@@ -17,6 +17,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrai
 from timm.models._input import update_model_args
 from torch import nn
 
+from ._dense import create_features, wants_getter
 from ._exported import EXPORT_NAME, ExportedStitch
 from ._flops import meta_flops
 from ._releases import DEFAULT_HUB_URL, DEFAULT_RELEASE_URL, HF_HUB_ORG, OFFICIAL_TAG, release_url
@@ -40,8 +41,8 @@ def set_pretrained_source(kwargs_fn: KwargsFn, errors_fn: ErrorsFn, saved_fn: Sa
 
 
 def _feature_cfg(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """features_only goes through timm's FeatureGetterNet (forward_intermediates of the active stitch; the stitch is
-    chosen with `stitch_id=`). Default out_indices: every feature of that stitch."""
+    """features_only with feature_cls='getter' goes through timm's FeatureGetterNet (forward_intermediates of the
+    active stitch, chosen with `stitch_id=`). Default out_indices: every feature of that stitch."""
     cfg = dict(feature_cls='getter', out_indices=kwargs.pop('out_indices', None), **kwargs.pop('feature_cfg', {}))
     if cfg['out_indices'] is None and cfg.get('prune') is False:
         raise ValueError('features_only with feature_cfg=dict(prune=False) needs explicit out_indices, e.g. (1, 2, 3)')
@@ -51,6 +52,8 @@ def _feature_cfg(kwargs: dict[str, Any]) -> dict[str, Any]:
 def _create_snnet(variant: str, pretrained: bool = False, **kwargs: Any) -> SNNet:
     _PRETRAINED['saved'](variant, kwargs, pretrained)  # a folder's or Hub repo's config.json, before any build
     if kwargs.get('features_only'):
+        if not wants_getter(kwargs):  # every stitch, one feature_info (_dense); feature_cls='getter': timm's getter,
+            return create_features(_create_snnet, variant, pretrained, kwargs)  # pruned to one stitch
         kwargs['feature_cfg'] = _feature_cfg(kwargs)
     if pretrained:  # SN-Net weights (anchors included), built with the model_args saved beside them; the Hub repo,
         kwargs = _PRETRAINED['kwargs'](variant, kwargs)  # else the authors' release converted once (_sources)
