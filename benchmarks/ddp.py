@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .run import Options, create, images
+from .common import Options, create, images
 
 MODEL = 'snnet_deit_tsb'
 TARGET = 1.15

@@ -4,7 +4,7 @@
 - B8: onnxruntime (CPU, same thread count) / eager PyTorch latency of the exported stitch, batch 1 and 8.
 - B9: torch.compile (inductor) / eager latency of the exported stitch, batch 1 and 8.
 
-Weights are random (memory and time do not depend on them). Timing reuses `benchmarks.run` (torch.utils.benchmark,
+Weights are random (memory and time do not depend on them). Timing reuses `benchmarks.common` (torch.utils.benchmark,
 interleaved rounds, the compute thread's CPU time with one thread; onnxruntime with one intra-op thread runs in the
 calling thread, so the same clock applies).
 """
@@ -28,7 +28,7 @@ from timm.models import save_for_hf
 import timm_snnet  # noqa: F401  (registers the models)
 from timm_snnet import check_onnx, export_onnx, save_snnet
 
-from .run import Options, create, images, inference, paired, ratio
+from .common import Options, create, images, inference, paired, ratio
 
 MODEL = 'snnet_deit_tsb'
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import importlib
 import json
 import os
 import platform
@@ -24,7 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -33,88 +32,17 @@ import timm
 import torch
 import torch.nn.functional as F
 from timm.models._input import get_model_input_config
-from torch.utils import benchmark
 
 import timm_snnet  # noqa: F401  (registers the snnet_* models)
 from timm_snnet._flops import anchor_costs
 from timm_snnet.families import family_for
 
+from . import ddp, deploy, sweep_dist
+from .common import Options, clock, create, images, inference, make_options, measure, paired, ratio
+
 RESULTS = Path(__file__).parent / 'results'
 V1 = 'ratio_v1_default_adamw'  # B4 with this package's v1 zero-gradient semantics
 TARGETS = dict(B1=20.0, B2=1.02, B3=1.05, B4=1.10, B5=30.0)  # us, ratio, ratio, ratio, s
-
-
-@dataclass
-class Options:
-    quick: bool
-    threads: int
-    rounds: int
-    models: tuple[str, ...]
-    img_size: Optional[int]  # None: each model's native size
-    b3_every: int  # time every n-th stitched config
-    b4_batch: int
-    b5_images: int
-    only: tuple[str, ...] = ()  # measures to run (default all)
-    model_kwargs: Optional[dict] = None  # create_model kwargs (tiny anchors for --smoke)
-
-
-# --smoke: every measure runs once, on DeiT anchors of the same class at tiny widths (seconds, not minutes)
-SMOKE_KWARGS = dict(img_size=32,
-                    anchor_kwargs=[dict(patch_size=8, embed_dim=e, depth=4, num_heads=2) for e in (16, 32, 48)])
-
-
-def make_options(quick: bool, threads: int, models: Optional[str], only: tuple[str, ...] = (),
-                 smoke: bool = False) -> Options:
-    if smoke:
-        return Options(True, threads, 1, ('snnet_deit_tsb',), None, 12, 2, 4, only, SMOKE_KWARGS)
-    default = ('snnet_deit_tsb',) if quick or only == ('B4',) else tuple(timm.list_models('snnet_*'))
-    names = tuple(models.split(',')) if models else default
-    if quick:
-        return Options(True, threads, 2, names, 112, 6, 2, 10, only)
-    return Options(False, threads, 3, names, None, 1, 2, 100, only)
-
-
-# --- timing --------------------------------------------------------------------------------------------------------
-def clock(threads: int) -> Callable[[], float]:
-    """The calling thread's CPU time when torch runs single-threaded, else wall time."""
-    return time.thread_time if threads == 1 else time.perf_counter
-
-
-def measure(fn: Callable[[], Any], threads: int, min_run_time: float = 0.05) -> float:
-    """Median seconds per call: torch.utils.benchmark, warm-up included, `threads` torch threads."""
-    timer = benchmark.Timer(stmt='fn()', globals={'fn': fn}, num_threads=threads, timer=clock(threads))
-    return timer.blocked_autorange(min_run_time=min_run_time).median
-
-
-def paired(fns: dict[Any, Callable[[], Any]], rounds: int, threads: int) -> dict[Any, list[float]]:
-    """Interleaved rounds: each round times every candidate once."""
-    times: dict[Any, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            times[k].append(measure(fn, threads))
-    return times
-
-
-def ratio(a: list[float], b: list[float]) -> float:
-    return statistics.median(x / y for x, y in zip(a, b))
-
-
-def inference(fn: Callable[[], Any]) -> Callable[[], Any]:
-    def run():
-        with torch.inference_mode():
-            return fn()
-    return run
-
-
-def create(name: str, opts: Options, **kwargs: Any) -> torch.nn.Module:
-    if opts.img_size:
-        kwargs['img_size'] = opts.img_size
-    return timm.create_model(name, **{**(opts.model_kwargs or {}), **kwargs}).eval()
-
-
-def images(model: torch.nn.Module, batch: int) -> torch.Tensor:
-    size = get_model_input_config(model)['input_size']
-    return torch.randn(batch, *size, generator=torch.Generator().manual_seed(0))
 
 
 # --- B1..B6 --------------------------------------------------------------------------------------------------------
@@ -354,22 +282,21 @@ def run(opts: Options, log: Callable[[str], None]) -> dict:
             log(f'  {name} failed: {result["errors"][name]}')
     log('B5 snnet_deit_tsb LS init')
     result['B5'] = b5_ls_init(opts)
-    result['deploy'] = run_safely('B7-B9', 'deploy', opts, log, result['errors'])
-    result['B10'] = run_safely('B10', 'ddp', opts, log, result['errors'])
+    result['deploy'] = run_safely('B7-B9', deploy.run_deploy, opts, log, result['errors'])
+    result['B10'] = run_safely('B10', ddp.run_ddp, opts, log, result['errors'])
     log('sweep_dist: 2 ranks vs 1')
-    result['sweep_dist'] = run_safely('sweep_dist', 'sweep_dist', opts, log, result['errors'])
+    result['sweep_dist'] = run_safely('sweep_dist', sweep_dist.run_sweep_dist, opts, log, result['errors'])
     result['machine']['load_avg_end'] = os.getloadavg()
     result['seconds'] = time.perf_counter() - start
     return result
 
 
-def run_safely(label: str, module: str, opts: Options, log: Callable[[str], None], errors: dict) -> Optional[dict]:
-    """A measure in its own module (B7-B9 `deploy`, B10 `ddp`, `sweep_dist`): `run_<module>(opts, log)`; a failure is
+def run_safely(label: str, measure_fn: Callable[[Options, Callable[[str], None]], dict], opts: Options,
+               log: Callable[[str], None], errors: dict) -> Optional[dict]:
+    """A measure in its own module (B7-B9 `deploy`, B10 `ddp`, `sweep_dist`): `measure_fn(opts, log)`; a failure is
     recorded in `errors[label]`, not raised."""
     try:
-        # imported here: those modules import this one (Options, create, timing helpers)
-        run = getattr(importlib.import_module(f'benchmarks.{module}'), f'run_{module}')
-        return run(opts, log)
+        return measure_fn(opts, log)
     except Exception as e:
         errors[label] = f'{type(e).__name__}: {e}'
         log(f'  {label} failed: {errors[label]}')
@@ -420,16 +347,12 @@ def summary(r: dict) -> str:
                      f'{b6["table_build_s"]:.2f} s (then {b6["table_cached_ms"]:.1f} ms cached); '
                      f'{b6["snnet_peak_mib"]:.0f} / {b6["anchors_peak_mib"]:.0f} MiB = {b6["memory_ratio"]:.3f} '
                      f'(parameters {b6["param_ratio"]:.3f}) | - | |')
-    deploy = deploy_summary(r.get('deploy'))
-    lines += deploy[0]
+    deploy_lines = deploy_summary(r.get('deploy'))
+    lines += deploy_lines[0]
     if r.get('B10'):
-        from .ddp import summary_lines as ddp_lines
-
-        lines += ddp_lines(r['B10'])
+        lines += ddp.summary_lines(r['B10'])
     if r.get('sweep_dist'):
-        from .sweep_dist import summary_line
-
-        lines += summary_line(r['sweep_dist'])
+        lines += sweep_dist.summary_line(r['sweep_dist'])
     if r['errors']:
         lines += ['', 'Models that failed: ' + '; '.join(f'{k}: {v}' for k, v in r['errors'].items())]
     lines += ['', '## Details', '', '| B2 model | anchor | batch | SN-Net ms | plain ms | ratio | max abs diff |',
@@ -448,18 +371,16 @@ def summary(r: dict) -> str:
     lines += ['', 'B3 outliers (ratio > 1.05): ' + (', '.join(
         f'{x["model"]} {x["id"]} `{x["path"]}` {x["ratio"]:.3f}' for x in b3_out) or 'none'),
               f'B3 range: {min(x["ratio"] for x in r["B3"]):.3f} .. {b3w["ratio"]:.3f}']
-    lines += deploy[1]
+    lines += deploy_lines[1]
     lines += ['', '## Targets missed', '']
     lines += missed(r, b3_out) or ['None.']
     return '\n'.join(lines) + '\n'
 
 
-def deploy_summary(deploy: Optional[dict]) -> tuple[list[str], list[str]]:
-    if not deploy:
+def deploy_summary(result: Optional[dict]) -> tuple[list[str], list[str]]:
+    if not result:
         return [], []
-    from .deploy import summary_lines
-
-    return summary_lines(deploy)
+    return deploy.summary_lines(result)
 
 
 def missed(r: dict, b3_out: list[dict]) -> list[str]:
@@ -539,10 +460,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         torch.set_num_threads(opts.threads)
         start = time.perf_counter()
         errors: dict = {}
+        log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
         result = dict(machine=machine(opts.threads), options=asdict(opts), date=time.strftime('%Y-%m-%d %H:%M:%S %Z'),
-                      deploy=run_safely('B7-B9', 'deploy', opts, lambda msg: print(msg, file=sys.stderr, flush=True),
-                                         errors),
-                      errors=errors)
+                      deploy=run_safely('B7-B9', deploy.run_deploy, opts, log, errors), errors=errors)
         result['machine']['load_avg_end'] = os.getloadavg()
         result['seconds'] = time.perf_counter() - start
         args.output.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ from safetensors.torch import save_file
 import timm_snnet  # noqa: F401  (registers the models)
 from timm_snnet import sweep
 
-from .run import Options, make_options
+from .common import Options, make_options
 
 # name -> (ranks, torch threads per rank)
 CANDIDATES = {'1 rank x 1 thread': (1, 1), '2 ranks x 1 thread': (2, 1), '1 rank x 2 threads': (1, 2)}

@@ -1,5 +1,6 @@
 """The benchmarks cannot rot unseen: `python -m benchmarks.run --smoke` runs every measure (B1-B9) once on tiny
 anchors and fails on any error. No timing is asserted (benchmarks print ratios; they are not timed tests)."""
+import ast
 import json
 import os
 import subprocess
@@ -23,3 +24,13 @@ def test_every_benchmark_runs_once(tmp_path: Path) -> None:
     assert result['B3'] and result['B4'] and all(result['deploy'][k] for k in ('B7', 'B8', 'B9'))
     assert all(r['max_abs_diff'] == 0 for r in result['B2'])  # anchors run exactly the plain timm model
     assert (tmp_path / 'latest.md').read_text().startswith('#')
+
+
+def test_measures_do_not_import_the_runner() -> None:
+    """`run.py` imports its measures and `common.py`; no benchmark module imports `run.py` back."""
+    back = []
+    for path in sorted((ROOT / 'benchmarks').glob('*.py')):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or '').split('.')[-1] == 'run':
+                back.append(f'{path.name}:{node.lineno}')
+    assert not back, back

@@ -16,7 +16,7 @@ from conftest import TINY, tiny
 from image_folder import make_image_folder
 from safetensors.torch import save_file
 
-from timm_snnet._dist import TEST_CRASH_ENV, _rank_device, batch_shard
+from timm_snnet._dist import _rank_device, batch_shard
 from timm_snnet.cli import main
 
 pytestmark = pytest.mark.timeout(300)
@@ -25,7 +25,7 @@ NAME = 'snnet_deit_tsb'
 CLASSES = 7  # 7 classes x 3 images = 21: odd, and 6 batches of 4 (the last one short)
 KWARGS = [f'{k}={v!r}' for k, v in TINY[NAME][0].items()]
 ENV = {**os.environ, 'HF_HUB_OFFLINE': '1', 'PYTHONWARNINGS': 'ignore', 'OMP_NUM_THREADS': '1'}
-ENV.pop(TEST_CRASH_ENV, None)
+KILL_RANK = str(Path(__file__).with_name('kill_rank.py'))
 VIEW = ('id', 'path', 'gflops', 'params', 'top1', 'top5', 'top1_correct', 'top5_correct', 'num_images')
 
 
@@ -50,10 +50,10 @@ def _args(ckpt: Path, data: Path, out: Path, *extra: str) -> list:
             '--latency-warmup', '0', '--latency-iters', '1', *extra, '--model-kwargs', *KWARGS]
 
 
-def _torchrun(nproc: int, args: list, **env: str) -> subprocess.CompletedProcess:
+def _torchrun(nproc: int, args: list, entry: tuple = ('-m', 'timm_snnet.cli')) -> subprocess.CompletedProcess:
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', str(nproc), '--master_port',
-           str(_free_port()), '-m', 'timm_snnet.cli', *args]
-    return subprocess.run(cmd, env={**ENV, **env}, capture_output=True, text=True, timeout=240)
+           str(_free_port()), *entry, *args]
+    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=240)
 
 
 def _rows(out: Path) -> list:
@@ -108,7 +108,7 @@ def test_two_ranks_match_one_process(setup) -> None:
 
 def test_killed_rank_resumes_without_redoing(setup) -> None:
     out = setup['root'] / 'killed'
-    killed = _torchrun(2, _args(setup['ckpt'], setup['data'], out), **{TEST_CRASH_ENV: '1:3'})
+    killed = _torchrun(2, _args(setup['ckpt'], setup['data'], out), entry=(KILL_RANK, '1:3'))  # rank 1, 3 recorded
     assert killed.returncode != 0
     partial = _rows(out)
     assert [r['id'] for r in partial] == [0, 1, 2], 'the configs finished before the kill are recorded'

@@ -25,11 +25,7 @@ from typing import Any, Iterator, Optional, Sequence
 import torch
 import torch.distributed as dist
 
-__all__ = ['Ranks', 'join', 'batch_shard', 'env_rank', 'under_launcher', 'TEST_CRASH_ENV']
-
-# Test-only switch: 'RANK:N' makes rank RANK exit (status 17, no cleanup) once N configs are recorded, as a killed
-# rank would. Every rank first waits until rank 0 has written them, so the test knows what a resume must find.
-TEST_CRASH_ENV = 'TIMM_SNNET_TEST_KILL_RANK_AFTER'
+__all__ = ['Ranks', 'join', 'batch_shard', 'env_rank', 'under_launcher']
 
 
 def under_launcher() -> bool:
@@ -114,17 +110,6 @@ class Ranks:
         if failed and error is None:
             r, e = failed[0]
             raise ValueError(f'rank {r} of {self.world_size} failed: {e}')
-
-    def kill_point(self, recorded: int) -> None:
-        """The test-only switch `TEST_CRASH_ENV` (see above); nothing unless it is set."""
-        spec = os.environ.get(TEST_CRASH_ENV)
-        if not spec:
-            return
-        victim, after = (int(x) for x in spec.split(':'))
-        if recorded == after:
-            self.barrier()
-            if self.rank == victim:
-                os._exit(17)
 
     def close(self) -> None:
         if self.owned and dist.is_initialized():

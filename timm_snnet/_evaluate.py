@@ -486,7 +486,7 @@ def _sweep(ranks: Ranks, dev: torch.device, model_name: str, checkpoint: Optiona
     model.to(dev)
     input_size = tuple(data_config['input_size'])
     bar = tqdm(todo, desc='sweep', unit='stitch', disable=not (progress and ranks.main))
-    for done, k in enumerate(bar, 1):
+    for k in bar:
         if ranks.broadcast(k in rows if ranks.main else None):
             continue  # another sweep of this folder measured it meanwhile
         c = configs[k]
@@ -502,7 +502,6 @@ def _sweep(ranks: Ranks, dev: torch.device, model_name: str, checkpoint: Optiona
         if ranks.main:
             rows = _write_merged(out, header, {**rows, k: row})
         bar.set_postfix(id=k, top1=f'{row["top1"]:.2f}')
-        ranks.kill_point(done)
     result = None
     if ranks.main:
         rows = _write_merged(out, header, rows)

@@ -40,6 +40,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.optimizer import register_optimizer_step_pre_hook
+from torch.utils.hooks import RemovableHandle
 
 # the SN-Net these hooks serve (`_snnet.SNNet`, the layer above, passes itself): typed as the module it is
 SNNetLike = torch.nn.Module
@@ -144,6 +145,7 @@ _LEDGERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def ledger(model: SNNetLike) -> PathLedger:
     book = _LEDGERS.get(model)
     if book is None:
+        _register_hook()
         book = _LEDGERS[model] = PathLedger(model)
     return book
 
@@ -160,7 +162,14 @@ def _skip_off_path(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
             book.drop_unused_grads(optimizer)
 
 
-_hook = register_optimizer_step_pre_hook(_skip_off_path)
+_hook: Optional[RemovableHandle] = None
+
+
+def _register_hook() -> None:
+    """Register `_skip_off_path` once, with the first ledger: importing the package changes no optimizer."""
+    global _hook
+    if _hook is None:
+        _hook = register_optimizer_step_pre_hook(_skip_off_path)
 
 
 
