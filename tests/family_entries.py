@@ -5,7 +5,7 @@ from typing import Any
 
 from timm.models import generate_default_cfgs, register_model
 
-from timm_snnet._models import _cfg, _create_from_anchors
+from timm_snnet._models import create_from_anchors, snnet_cfg
 
 # family -> (anchors, smallest first; rule; stages)
 FAMILIES = {
@@ -19,7 +19,7 @@ FAMILIES = {
     'maxxvit': (('maxvit_rmlp_nano_rw_256', 'maxvit_rmlp_pico_rw_256'), 'stage', (1, 2)),
 }
 NAMES = tuple(f'snnetfam_{f}' for f in FAMILIES)
-default_cfgs = generate_default_cfgs({f'snnetfam_{f}': _cfg(a) for f, (a, _, _) in FAMILIES.items()})
+default_cfgs = generate_default_cfgs({f'snnetfam_{f}': snnet_cfg(a) for f, (a, _, _) in FAMILIES.items()})
 
 
 def _register(family: str) -> None:
@@ -27,7 +27,7 @@ def _register(family: str) -> None:
     name = f'snnetfam_{family}'
 
     def entry(pretrained: bool = False, **kwargs: Any):
-        return _create_from_anchors(name, pretrained, dict(anchors=anchors, rule=rule, stages=stages), kwargs)
+        return create_from_anchors(name, pretrained, dict(anchors=anchors, rule=rule, stages=stages), kwargs)
 
     entry.__name__ = entry.__qualname__ = name
     register_model(entry)

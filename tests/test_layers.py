@@ -155,3 +155,11 @@ def test_examples_use_the_public_api_only():
             elif isinstance(node, ast.Import) and any(a.name.startswith('timm_snnet.') for a in node.names):
                 bad.append(f'{path.name}:{node.lineno}')
     assert not bad, bad
+
+
+def test_architecture_doc_follows_the_table():
+    """docs/architecture.md explains `LAYERS`: its table names the same layers, lowest first."""
+    text = (PACKAGE.parent / 'docs' / 'architecture.md').read_text()
+    section = text.split('## The layers\n', 1)[1].split('\n## ', 1)[0]
+    rows = [line.split('|')[1].strip() for line in section.splitlines() if line.startswith('| ')]
+    assert rows[1:] == list(LAYERS), rows

@@ -11,6 +11,7 @@ from ._dense import StitchableFeatures as StitchableFeatures
 from ._dense import export_stitch as export_stitch
 from ._dense import set_stitch as set_stitch
 from ._dense import stitch_configs as stitch_configs
+from ._errors import SNNetError as SNNetError
 from ._errors import SNNetLoadError as SNNetLoadError
 from ._evaluate import ROW_KEYS as ROW_KEYS
 from ._evaluate import evaluate as evaluate
@@ -47,7 +48,8 @@ from .families import register_family as register_family
 __version__ = '0.1.0'
 __all__ = [
     'ConversionError', 'DEIT3', 'DEIT_TSB', 'DenseError', 'ExportedStitch', 'Family', 'HF_HUB_ORG', 'ROW_KEYS', 'SNNet',
-    'SNNetLoadError', 'StitchConfig', 'build_app', 'can_stitch', 'check_onnx', 'convert', 'enumerate_configs',
+    'SNNetError', 'SNNetLoadError', 'StitchConfig', 'build_app', 'can_stitch', 'check_onnx', 'convert',
+    'enumerate_configs',
     'evaluate', 'export_onnx', 'family_for', 'fetch_official', 'flops_groups', 'init_checkpoint', 'load_model',
     'load_snnet', 'load_sweep', 'measure_latency', 'pareto_front', 'plot_sweep', 'profile', 'push_snnet',
     'read_reference', 'register_family', 'ros_weights', 'save_snnet', 'select_stitch', 'set_stitch',

@@ -2,7 +2,7 @@
 
 An entry is None (the anchor stays as built: random, or timm's pretrained weights with `pretrained_anchors=True`) or:
 - a train.py checkpoint (`.pth.tar`, `.pth`, ...): its `state_dict` (or `model`); prefix the path with `ema:` for
-  its `state_dict_ema` (or `model_ema`). Read with `checkpoint.read_pickle`: `weights_only=True`, the converter's
+  its `state_dict_ema` (or `model_ema`). Read with `_pickle.read_pickle`: `weights_only=True`, the converter's
   allowlist (train.py's pickled `args` Namespace is allowed, nothing else is built or run);
 - a `.safetensors` state dict;
 - `hf-hub:ORG/NAME[@revision]` or `local-dir:DIR`: a timm model saved with `save_for_hf` / `push_to_hf_hub`, read
@@ -44,8 +44,8 @@ from timm.models._hub import (
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._errors import SNNetLoadError
-from ._pickle import UnsafeCheckpointError, read_pickle
+from ._errors import AnchorCheckpointError, SNNetLoadError, UnsafeCheckpointError
+from ._pickle import read_pickle
 from ._utils import file_sha256
 
 __all__ = ['EMA_PREFIX', 'AnchorCheckpointError', 'AnchorSource', 'parse_anchor_checkpoints',
@@ -54,10 +54,6 @@ __all__ = ['EMA_PREFIX', 'AnchorCheckpointError', 'AnchorSource', 'parse_anchor_
 EMA_PREFIX = 'ema:'
 _STATE_KEYS = {False: ('state_dict', 'model'), True: ('state_dict_ema', 'model_ema')}  # train.py / timm order
 _HUB_WEIGHTS = ('model.safetensors', 'pytorch_model.bin')  # what save_for_hf writes (safetensors first)
-
-
-class AnchorCheckpointError(ValueError):
-    """An anchor checkpoint that cannot be read or does not fit its anchor; no anchor was changed."""
 
 
 @dataclass(frozen=True)

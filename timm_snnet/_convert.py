@@ -1,7 +1,7 @@
 """`timm-snnet convert --from official-v1|official-v2`: the authors' released SN-Net checkpoints, our layout.
 
 The official files (snnet_deit.pth, snnet_swin.pth, resnet_18_50.pth, resnet18_swin_ti.pth) are pickled training
-checkpoints. They are read with `checkpoint.read_pickle` (`torch.load(weights_only=True)`, the allowlist shared with
+checkpoints. They are read with `_pickle.read_pickle` (`torch.load(weights_only=True)`, the allowlist shared with
 `anchor_checkpoints`): tensors and plain containers, plus two allowances for the pickled run configuration,
 `argparse.Namespace` (DeiT and ResNet `args`) and yacs `CfgNode` (Swin `config`), which is rebuilt as a plain
 OrderedDict: its class is never imported or run. Anything else fails, naming the globals.
@@ -38,8 +38,9 @@ from timm.models.levit import Levit
 from timm.models.swin_transformer import SwinTransformer
 from timm.models.swin_transformer import checkpoint_filter_fn as swin_filter_fn
 
+from ._errors import ConversionError, UnsafeCheckpointError
 from ._load import write_snnet
-from ._pickle import UnsafeCheckpointError, read_pickle
+from ._pickle import read_pickle
 from ._releases import HUB_RELEASES, OFFICIAL, REFERENCE_DIR
 from ._snnet import SNNet
 from ._utils import atomic_folder, check_new_folder, file_sha256
@@ -59,10 +60,6 @@ OFFICIAL_V1: dict[str, dict[str, Any]] = {
     'snnet_levit_192_256': {},  # levit_192_256_release.pth
 }
 _OURS_ONLY = ('sample_step', 'stitch_table_json')  # buffers of this package, absent from official files
-
-
-class ConversionError(ValueError):
-    """An official checkpoint that cannot be converted exactly (unreadable, unmapped or missing keys)."""
 
 
 def load_official(path: PathLike) -> dict[str, torch.Tensor]:

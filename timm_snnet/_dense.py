@@ -24,8 +24,8 @@ from torch import nn
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing as is_fx_tracing
 from tqdm.auto import tqdm
 
-from . import _errors
 from ._configs import StitchConfig
+from ._errors import SNNetError
 from ._flops import count_flops
 from ._snnet import SNNet
 from ._stitching import LeastSquares, create_stitching_layer, to_rows
@@ -36,7 +36,7 @@ __all__ = ['StitchableFeatures', 'DenseError', 'create_features', 'set_stitch', 
 PYRAMID = (4, 8, 16, 32)  # ViTDet's simple feature pyramid
 
 
-class DenseError(getattr(_errors, 'SNNetError', ValueError)):  # the package's error base (a ValueError)
+class DenseError(SNNetError):
     """An encoder request the SN-Net cannot meet (the message names what is valid)."""
 
 

@@ -23,15 +23,12 @@ from timm.models._hub import load_model_config_from_hf, load_model_config_from_p
 from timm.utils import ParseKwargs
 from torch import nn
 
+from ._errors import DistillationError
 from ._snnet import SNNet
 
 __all__ = ['DistillationError', 'teacher_config', 'check_distillation', 'check_train_args']
 
 DISTILL_TYPES = ('logit', 'feature', 'token')
-
-
-class DistillationError(ValueError):
-    """A distillation set-up that would not teach the student (raised before training)."""
 
 
 def teacher_config(name: str) -> dict:

@@ -28,9 +28,7 @@ from huggingface_hub.errors import (
 )
 from safetensors import SafetensorError
 from timm.models import (
-    is_model,
     load_checkpoint,
-    model_entrypoint,
     parse_model_name,
     resolve_pretrained_cfg,
     save_for_hf,
@@ -39,14 +37,16 @@ from timm.models._builder import _resolve_pretrained_source
 from timm.models._hub import hf_split
 
 from ._anchors import AnchorCheckpointError
-from ._errors import SNNetLoadError
-from ._models import HF_HUB_ORG, Mismatch, _as_tuple, export_model_args
+from ._errors import Mismatch, SNNetLoadError
+from ._models import HF_HUB_ORG, export_model_args
 from ._snnet import SNNet
-from ._trust import check_saved_config, check_weights_header
+from ._trust import check_saved_config, check_weights_header, is_snnet
+from ._utils import as_tuple
 
-__all__ = ['WEIGHTS_NAME', 'CONFIG_NAME', 'load_snnet', 'load_errors', 'hub_kwargs', 'pretrained_errors',
-           'write_snnet', 'model_from_checkpoint', 'checkpoint_file', 'load_model', 'create_snnet', 'saved_model_args',
-           'check_weights']
+__all__ = ['WEIGHTS_NAME', 'CONFIG_NAME', 'Source', 'SNNetLoadError', 'load_snnet', 'load_errors', 'hub_kwargs',
+           'check_saved', 'pretrained_errors', 'pretrained_cfg_for', 'weights_source', 'write_snnet', 'check_snnet',
+           'architecture', 'model_from_checkpoint', 'checkpoint_file', 'load_model', 'create_snnet',
+           'saved_model_args', 'check_weights']
 
 _logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ PathLike = Union[str, Path]
 
 
 @dataclass(frozen=True)
-class _Source:
+class Source:
     """Where a file comes from: a Hub repo (`ORG/NAME[@revision]`), a local folder, or a file."""
     kind: str
     location: str
@@ -72,32 +72,29 @@ class _Source:
 
 
 # --- pulling -----------------------------------------------------------------------------------------------------
-def _weights_source(cfg: dict[str, Any]) -> _Source:
+def weights_source(cfg: dict[str, Any]) -> Source:
     """The weights timm's `load_pretrained` will read for this pretrained cfg."""
     kind, loc = _resolve_pretrained_source(cfg)
     if isinstance(loc, (tuple, list)):
-        return _Source(kind, loc[0], loc[1])
+        return Source(kind, loc[0], loc[1])
     if kind in ('hf-hub', 'local-dir'):
-        return _Source(kind, str(loc), WEIGHTS_NAME)
+        return Source(kind, str(loc), WEIGHTS_NAME)
     if kind in ('file', 'url'):
-        return _Source(kind, str(loc), Path(str(loc)).name)
-    return _Source(kind or 'none', cfg.get('architecture') or '', '')
+        return Source(kind, str(loc), Path(str(loc)).name)
+    return Source(kind or 'none', cfg.get('architecture') or '', '')
 
 
-def _pretrained_cfg(variant: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+def pretrained_cfg_for(variant: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The pretrained cfg timm resolves for `variant` and these kwargs (as a dict)."""
     return resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay')).to_dict()
 
 
-def _is_snnet(name: str) -> bool:
-    return is_model(name) and model_entrypoint(name).__module__ == 'timm_snnet._models'
-
-
 def _snnet_names() -> str:
-    return ', '.join(n for n in timm.list_models('snnet*') if _is_snnet(n))  # snnet, snnet_*, snnetv2_*
+    return ', '.join(n for n in timm.list_models('snnet*') if is_snnet(n))  # snnet, snnet_*, snnetv2_*
 
 
-def _check_architecture(arch: str, src: _Source, expected: Optional[str] = None) -> None:
-    if not _is_snnet(arch):
+def _check_architecture(arch: str, src: Source, expected: Optional[str] = None) -> None:
+    if not is_snnet(arch):
         raise SNNetLoadError(
             f"Cannot load {src.model_name!r} as an SN-Net: {src} is for architecture {arch!r}, which is not an "
             f"SN-Net (registered SN-Nets: {_snnet_names()}). Load it with timm.create_model({src.model_name!r}) "
@@ -120,13 +117,13 @@ def hub_kwargs(variant: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         _logger.info('pretrained=True: the SN-Net weights hold the anchors, ignoring pretrained_anchors=True')
     if kwargs.pop('anchor_checkpoints', None) is not None:
         _logger.info('pretrained=True: the SN-Net weights hold the anchors, ignoring anchor_checkpoints')
-    cfg = _pretrained_cfg(variant, kwargs)
+    cfg = pretrained_cfg_for(variant, kwargs)
     if cfg.get('source') in ('hf-hub', 'local-dir'):
         return kwargs  # timm built these kwargs from that config.json already (checked by `check_saved`)
-    weights = _weights_source(cfg)
+    weights = weights_source(cfg)
     if weights.kind != 'hf-hub':
         return kwargs  # a file, url or state dict: nothing saved beside it
-    saved = saved_model_args(_Source('hf-hub', weights.location, CONFIG_NAME), variant, kwargs.get('cache_dir'))
+    saved = saved_model_args(Source('hf-hub', weights.location, CONFIG_NAME), variant, kwargs.get('cache_dir'))
     saved = {k: v for k, v in saved.items() if k not in ('pretrained_anchors', 'anchor_checkpoints')}
     kwargs = {**saved, **kwargs}
     check_weights(variant, kwargs, weights)
@@ -140,12 +137,12 @@ def check_saved(variant: str, kwargs: dict[str, Any], pretrained: bool) -> None:
     if not isinstance(cfg, dict) or cfg.get('source') not in ('hf-hub', 'local-dir'):
         return
     where = cfg.get('hf_hub_id') if cfg['source'] == 'hf-hub' else cfg.get('file')
-    saved_model_args(_Source(cfg['source'], str(where), CONFIG_NAME), variant, kwargs.get('cache_dir'))
+    saved_model_args(Source(cfg['source'], str(where), CONFIG_NAME), variant, kwargs.get('cache_dir'))
     if pretrained:
-        check_weights(variant, kwargs, _Source(cfg['source'], str(where), WEIGHTS_NAME))
+        check_weights(variant, kwargs, Source(cfg['source'], str(where), WEIGHTS_NAME))
 
 
-def _read_config(src: _Source, cache_dir: Optional[str] = None) -> dict[str, Any]:
+def _read_config(src: Source, cache_dir: Optional[str] = None) -> dict[str, Any]:
     """The raw config.json of a folder or Hub repo (no field added, nothing built)."""
     with load_errors(src):
         if src.kind == 'hf-hub':
@@ -161,7 +158,7 @@ def _read_config(src: _Source, cache_dir: Optional[str] = None) -> dict[str, Any
     return config
 
 
-def saved_model_args(src: _Source, expected: Optional[str] = None, cache_dir: Optional[str] = None) -> dict[str, Any]:
+def saved_model_args(src: Source, expected: Optional[str] = None, cache_dir: Optional[str] = None) -> dict[str, Any]:
     """The model_args of a saved SN-Net's config.json, once its architecture and every argument are allowed."""
     config = _read_config(src, cache_dir)
     arch = config.get('architecture')
@@ -171,7 +168,7 @@ def saved_model_args(src: _Source, expected: Optional[str] = None, cache_dir: Op
     return check_saved_config(arch, config, src.model_name)
 
 
-def check_weights(variant: str, kwargs: dict[str, Any], weights: _Source) -> None:
+def check_weights(variant: str, kwargs: dict[str, Any], weights: Source) -> None:
     """The weights file's safetensors header against `variant` built from `kwargs` on the meta device."""
     if weights.kind == 'hf-hub':
         repo, revision = hf_split(weights.location)
@@ -191,25 +188,25 @@ def check_weights(variant: str, kwargs: dict[str, Any], weights: _Source) -> Non
 
 def pretrained_errors(variant: str, kwargs: dict[str, Any]):
     """`load_errors` for the weights `build_model_with_cfg` will load."""
-    return load_errors(_weights_source(_pretrained_cfg(variant, kwargs)), variant)
+    return load_errors(weights_source(pretrained_cfg_for(variant, kwargs)), variant)
 
 
 def _cache_dir() -> str:
     return str(constants.HF_HUB_CACHE)
 
 
-def _cached_path(src: _Source) -> Optional[str]:
+def _cached_path(src: Source) -> Optional[str]:
     repo, revision = hf_split(src.location)
     path = try_to_load_from_cache(repo, src.filename, revision=revision)
     return path if isinstance(path, str) else None
 
 
-def _fail(src: _Source, problem: str, todo: str) -> SNNetLoadError:
+def _fail(src: Source, problem: str, todo: str) -> SNNetLoadError:
     return SNNetLoadError(f'Cannot load the SN-Net from {src}: {problem}. {todo}', src.location, src.filename)
 
 
 @contextmanager
-def load_errors(src: _Source, variant: str = 'MODEL') -> Iterator[None]:
+def load_errors(src: Source, variant: str = 'MODEL') -> Iterator[None]:
     """Re-raise Hub, file-format and mismatch errors as `SNNetLoadError` naming `src` and what to do."""
     hub = src.kind == 'hf-hub'
     repo = hf_split(src.location)[0] if hub else src.location
@@ -280,27 +277,29 @@ def load_snnet(model_name: str, pretrained: bool = True, **kwargs: Any) -> SNNet
     """
     source, model_id = parse_model_name(model_name)
     if source in ('hf-hub', 'local-dir'):
-        saved_model_args(_Source(source, model_id, CONFIG_NAME), cache_dir=kwargs.get('cache_dir'))
-    elif not _is_snnet(model_id.split('.')[0]):
+        saved_model_args(Source(source, model_id, CONFIG_NAME), cache_dir=kwargs.get('cache_dir'))
+    elif not is_snnet(model_id.split('.')[0]):
         raise ValueError(f'{model_name!r} is not an SN-Net; registered SN-Nets: {_snnet_names()}')
     return timm.create_model(model_name, pretrained=pretrained, **kwargs)
 
 
 # --- pushing -----------------------------------------------------------------------------------------------------
-def _check_model(model: Any) -> SNNet:
+def check_snnet(model: Any) -> SNNet:
+    """`model`, once it is an SN-Net built with timm.create_model (it has a pretrained cfg to save)."""
     if not isinstance(model, SNNet) or not getattr(model, 'pretrained_cfg', None):
         raise TypeError(f'expected an SN-Net built with timm.create_model, got {type(model).__name__}')
     return model
 
 
-def _architecture(model: SNNet) -> str:
+def architecture(model: SNNet) -> str:
+    """The registered entry point an SN-Net was built with (`snnet_deit_tsb`, ...)."""
     return model.pretrained_cfg['architecture']
 
 
 def write_snnet(model: SNNet, folder: PathLike, source: Optional[dict] = None) -> Path:
     """model.safetensors and config.json in `folder` (timm's save_for_hf, safetensors only, complete model_args), as
     `local-dir:` and `hf-hub:` read them. `source` records the checkpoint a conversion started from."""
-    model = _check_model(model)
+    model = check_snnet(model)
     model_config: dict[str, Any] = {'pretrained_cfg': {'hf_hub_filename': WEIGHTS_NAME}}
     if source:
         model_config['source_checkpoint'] = source
@@ -329,9 +328,9 @@ def model_from_checkpoint(
     path = Path(checkpoint)
     if path.is_dir():
         model = load_snnet(f'local-dir:{path}', **kwargs)
-        if source is None and _architecture(model) != model_name:
-            raise ValueError(f'{path} holds a {_architecture(model)}, not a {model_name}: pass --model '
-                             f'{_architecture(model)}')
+        if source is None and architecture(model) != model_name:
+            raise ValueError(f'{path} holds a {architecture(model)}, not a {model_name}: pass --model '
+                             f'{architecture(model)}')
         return model
     return load_model(model_name, path, model_kwargs, num_classes, use_ema)
 
@@ -344,7 +343,7 @@ def checkpoint_file(model_name: str, checkpoint: Optional[PathLike] = None) -> O
     source, location = parse_model_name(model_name)
     if source == 'local-dir':
         return Path(location) / WEIGHTS_NAME
-    cached = _cached_path(_Source('hf-hub', location, WEIGHTS_NAME)) if source == 'hf-hub' else None
+    cached = _cached_path(Source('hf-hub', location, WEIGHTS_NAME)) if source == 'hf-hub' else None
     return Path(cached) if cached else None
 
 
@@ -355,7 +354,7 @@ def create_snnet(model_name: str, model_kwargs: Optional[dict] = None, num_class
     source, name = parse_model_name(model_name)
     if not source and not timm.is_model(name):
         raise ValueError(f'unknown model {model_name!r}; registered SN-Nets: {_snnet_names()}')
-    if not source and not _is_snnet(name.split('.')[0]):
+    if not source and not is_snnet(name.split('.')[0]):
         raise ValueError(f'{model_name} is not an SN-Net; registered SN-Nets: {_snnet_names()} (or '
                          f"timm.create_model('snnet', anchors=(...)) for any timm family)")
     kwargs = {**(model_kwargs or {}), **extra}
@@ -379,7 +378,7 @@ def create_snnet(model_name: str, model_kwargs: Optional[dict] = None, num_class
 
 def _class_mismatch(error: str, model: torch.nn.Module) -> Optional[tuple[str, int, int]]:
     """(classifier key, classes in the file, classes in the model) when a head's size is what does not fit."""
-    classifiers = _as_tuple((getattr(model, 'pretrained_cfg', None) or {}).get('classifier'))
+    classifiers = as_tuple((getattr(model, 'pretrained_cfg', None) or {}).get('classifier'))
     pattern = (r'size mismatch for ([\w.]+): copying a param with shape torch.Size\(\[(\d+)[^)]*\) from checkpoint, '
                r'the shape in current model is torch.Size\(\[(\d+)')
     for key, file, own in re.findall(pattern, error):

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import inspect
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
 
 import timm
 import torch
@@ -18,26 +19,39 @@ from timm.models._input import update_model_args
 from torch import nn
 
 from ._dense import create_features, wants_getter
+from ._errors import Mismatch
 from ._exported import EXPORT_NAME, ExportedStitch
 from ._flops import meta_flops
 from ._releases import DEFAULT_HUB_URL, DEFAULT_RELEASE_URL, HF_HUB_ORG, OFFICIAL_TAG, release_url
 from ._snnet import SNNet
+from ._utils import as_tuple
 from .families import family_for
 
-__all__ = ['HF_HUB_ORG', 'ARCH_ARGS', 'SNNet', 'check_fit', 'checkpoint_filter_fn', 'record_model_args',
-           'set_pretrained_source']
-
-KwargsFn = Callable[[str, dict[str, Any]], dict[str, Any]]
-ErrorsFn = Callable[[str, dict[str, Any]], AbstractContextManager]
-SavedFn = Callable[[str, dict[str, Any], bool], None]
-_PRETRAINED: dict[str, Callable] = {}
+__all__ = ['HF_HUB_ORG', 'ARCH_ARGS', 'SHAPE_ARGS', 'SNNet', 'PretrainedSource', 'check_fit', 'checkpoint_filter_fn',
+           'create_from_anchors', 'export_model_args', 'record_model_args', 'set_pretrained_source', 'snnet_cfg']
 
 
-def set_pretrained_source(kwargs_fn: KwargsFn, errors_fn: ErrorsFn, saved_fn: SavedFn) -> None:
-    """Plug in the weights layer: `kwargs_fn(variant, kwargs)` gives the kwargs that build `variant` for its SN-Net
-    weights; `errors_fn(variant, kwargs)` is a context that turns loading failures into `SNNetLoadError`;
-    `saved_fn(variant, kwargs, pretrained)` refuses kwargs that timm read from an untrusted config.json."""
-    _PRETRAINED.update(kwargs=kwargs_fn, errors=errors_fn, saved=saved_fn)
+@dataclass(frozen=True)
+class PretrainedSource:
+    """The weights layer's part in `pretrained=True` (each function takes the variant and the create_model kwargs)."""
+    kwargs: Callable[[str, dict[str, Any]], dict[str, Any]]  # the kwargs that build the variant for its SN-Net weights
+    errors: Callable[[str, dict[str, Any]], AbstractContextManager]  # a context: loading failures -> SNNetLoadError
+    check_saved: Callable[[str, dict[str, Any], bool], None]  # (..., pretrained): refuse an untrusted config.json
+
+
+_pretrained_source: Optional[PretrainedSource] = None
+
+
+def set_pretrained_source(source: PretrainedSource) -> None:
+    """Plug in the weights layer (`_sources` does when the package is imported)."""
+    global _pretrained_source
+    _pretrained_source = source
+
+
+def _weights() -> PretrainedSource:
+    if _pretrained_source is None:
+        raise RuntimeError('no weights layer plugged in: import timm_snnet, not timm_snnet._models alone')
+    return _pretrained_source
 
 
 def _feature_cfg(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -50,14 +64,14 @@ def _feature_cfg(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def _create_snnet(variant: str, pretrained: bool = False, **kwargs: Any) -> SNNet:
-    _PRETRAINED['saved'](variant, kwargs, pretrained)  # a folder's or Hub repo's config.json, before any build
+    _weights().check_saved(variant, kwargs, pretrained)  # a folder's or Hub repo's config.json, before any build
     if kwargs.get('features_only'):
         if not wants_getter(kwargs):  # every stitch, one feature_info (_dense); feature_cls='getter': timm's getter,
             return create_features(_create_snnet, variant, pretrained, kwargs)  # pruned to one stitch
         kwargs['feature_cfg'] = _feature_cfg(kwargs)
     if pretrained:  # SN-Net weights (anchors included), built with the model_args saved beside them; the Hub repo,
-        kwargs = _PRETRAINED['kwargs'](variant, kwargs)  # else the authors' release converted once (_sources)
-    errors = _PRETRAINED['errors'](variant, kwargs) if pretrained else nullcontext()
+        kwargs = _weights().kwargs(variant, kwargs)  # else the authors' release converted once (_sources)
+    errors = _weights().errors(variant, kwargs) if pretrained else nullcontext()
     with errors:  # SNNetLoadError naming the repo / file, no model returned
         model = build_model_with_cfg(SNNet, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn, **kwargs)
     record_model_args(_inner(model), kwargs)  # complete, JSON-serialisable model_args for save_for_hf / hf-hub:
@@ -71,11 +85,11 @@ def _inner(model: nn.Module) -> SNNet:
 
 def _anchor_layers(cfgs: list[dict[str, Any]]) -> dict[str, tuple[str, ...]]:
     """first_conv and classifier of each anchor (by its own timm cfg; a tuple names several), as flat tuples."""
-    return {key: tuple(f'anchors.{i}.{name}' for i, c in enumerate(cfgs) for name in _as_tuple(c[key]))
+    return {key: tuple(f'anchors.{i}.{name}' for i, c in enumerate(cfgs) for name in as_tuple(c[key]))
             for key in ('first_conv', 'classifier')}
 
 
-def _cfg(anchors: tuple[str, ...], **kwargs: Any) -> dict[str, Any]:
+def snnet_cfg(anchors: tuple[str, ...], **kwargs: Any) -> dict[str, Any]:
     """A cfg naming every anchor's layers, with the anchors' eval transform (the largest anchor's crop, size and
     interpolation)."""
     cfgs = [get_pretrained_cfg(a) for a in anchors]
@@ -115,14 +129,6 @@ def export_model_args(model: SNNet) -> dict[str, Any]:
     return model.live_model_args()
 
 
-class Mismatch(ValueError):
-    """Tensors that do not fit the model (raised by `checkpoint_filter_fn`, reworded by `load_errors`)."""
-
-
-def _as_tuple(value: Any) -> tuple:
-    return () if value is None else (value,) if isinstance(value, str) else tuple(value)
-
-
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: SNNet) -> dict[str, torch.Tensor]:
     """Check SN-Net weights against the model before timm loads them (its load is not strict when heads are reset)."""
     check_fit({k: tuple(v.shape) for k, v in state_dict.items()}, model)
@@ -135,9 +141,9 @@ def check_fit(shapes: dict[str, tuple[int, ...]], model: nn.Module) -> None:
     cfg = getattr(model, 'pretrained_cfg', None) or {}
     adapted = ()  # timm adapts these after this filter: heads for other num_classes, stems for other in_chans
     if model.num_classes != cfg.get('num_classes', model.num_classes):
-        adapted += tuple(f'{c}.' for c in _as_tuple(cfg.get('classifier')))
+        adapted += tuple(f'{c}.' for c in as_tuple(cfg.get('classifier')))
     if model.in_chans != (cfg.get('input_size') or (3,))[0]:
-        adapted += tuple(f'{c}.weight' for c in _as_tuple(cfg.get('first_conv')))
+        adapted += tuple(f'{c}.weight' for c in as_tuple(cfg.get('first_conv')))
     missing = [k for k in own if k not in shapes and not k.startswith(adapted)]
     unexpected = [k for k in shapes if k not in own]
     wrong = [k for k in own if k in shapes and k != 'stitch_table_json' and not k.startswith(adapted)
@@ -165,82 +171,111 @@ def _release(model: str) -> str:
     return release_url(model, DEFAULT_RELEASE_URL)
 
 
-DEIT_TSB = ('deit_tiny_patch16_224', 'deit_small_patch16_224', 'deit_base_patch16_224')
-
-default_cfgs = generate_default_cfgs({
-    # DeiT's own eval transform (resize 256, crop 224), as SN-Net was evaluated (timm's DeiT cfgs crop 0.9)
-    'snnet_deit_tsb.in1k': _cfg(DEIT_TSB, crop_pct=0.875, hf_hub_id=f'{HF_HUB_ORG}/snnet_deit_tsb.in1k'),
-    f'snnet_deit_tsb.{OFFICIAL_TAG}in1k': _cfg(DEIT_TSB, crop_pct=0.875, url=_release('snnet_deit_tsb')),
-})
-
-
 def _model_args(defaults: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
     """Entry-point defaults, overridden by user kwargs."""
     return {**defaults, **kwargs}
 
 
-def _create_from_anchors(variant: str, pretrained: bool, defaults: dict[str, Any], kwargs: dict[str, Any]) -> SNNet:
+def create_from_anchors(variant: str, pretrained: bool, defaults: dict[str, Any], kwargs: dict[str, Any]) -> SNNet:
     """Build, then name the layers of the anchors actually built (a custom `anchors=` list included)."""
     model = _create_snnet(variant, pretrained, **_model_args(defaults, kwargs))
     model.pretrained_cfg.update(_anchor_layers([m.pretrained_cfg for m in _inner(model).anchors]))
     return model
 
 
-@register_model
-def snnet_deit_tsb(pretrained: bool = False, **kwargs: Any) -> SNNet:
-    """SN-Net over DeiT-Ti/S/B (71 configs: 3 anchors + 2 x 34 stitches, window 2 stride 1)."""
-    defaults = dict(anchors=DEIT_TSB, names=('Ti', 'S', 'B'), rule='window')
-    return _create_from_anchors('snnet_deit_tsb', pretrained, defaults, kwargs)
-
-
-# --- hierarchical families: Swin, ResNet, ResNet -> Swin ------------------------------------------------------------
+# --- the anchors and the cfgs of the registered SN-Nets --------------------------------------------------------------
+DEIT_TSB = ('deit_tiny_patch16_224', 'deit_small_patch16_224', 'deit_base_patch16_224')
 # The paper's Swin anchors are the ImageNet-22k pretrained, 1k fine-tuned weights (what untagged Swin-S/B load in
 # timm; untagged Swin-T loads its 1k weights, so every tag is explicit). The ResNet and ResNet -> Swin anchors are
 # what the authors' timm (0.6) loaded untagged: torchvision ResNet-18, RSB A1 ResNet-50, Swin-T 1k.
 SWIN_TSB = tuple(f'swin_{s}_patch4_window7_224.ms_in22k_ft_in1k' for s in ('tiny', 'small', 'base'))
 RESNET_18_50 = ('resnet18.tv_in1k', 'resnet50.a1_in1k')
 RESNET18_SWIN_TI = ('resnet18.tv_in1k', 'swin_tiny_patch4_window7_224.ms_in1k')
+# ConvNeXt-T/S/B (ImageNet-22k pretrained, 1k fine-tuned), stitched in stages 0-2 (ConvNeXt-S and -B share depths)
+CONVNEXT_TSB = tuple(f'convnext_{s}.fb_in22k_ft_in1k' for s in ('tiny', 'small', 'base'))
+# EfficientNet-B0/B1/B2 (timm's own weights), seven stages of MBConv blocks; stitched where the depths allow
+EFFICIENTNET_B0_B2 = ('efficientnet_b0.ra_in1k', 'efficientnet_b1.ft_in1k', 'efficientnet_b2.ra_in1k')
+# The paper's LeViT-192/256 SN-Net (ziplab/SN-Net `stitching_levit/`): the authors' anchors are facebookresearch/LeViT's
+# distilled LeViT-192 and -256 (timm's `levit_192` / `levit_256`, LevitDistilled, 224x224). Stitches lie in stages 0
+# and 1; each stage pairs block j with j + 1 (depths 4-4-4).
+LEVIT_192_256 = ('levit_192.fb_dist_in1k', 'levit_256.fb_dist_in1k')
+# SN-Netv2: the authors' anchors are DeiT-III ImageNet-21k pretrained, 1k fine-tuned (their deit_3_*_224_21k.pth:
+# timm's fb_in22k_ft_in1k tags); their eval transform is DeiT-III's (resize 224, centre crop 1.0). Released models use
+# low-rank stitching layers of rank 64.
+DEIT3 = {s: f'deit3_{s}_patch16_224.fb_in22k_ft_in1k' for s in ('small', 'base', 'large')}
+SNNETV2_PAIRS = {'s_b': ('small', 'base'), 's_l': ('small', 'large'), 'b_l': ('base', 'large')}
 
 
-default_cfgs.update(generate_default_cfgs({
-    'snnet_swin_tsb.in22k_ft_in1k': _cfg(SWIN_TSB, hf_hub_id=f'{HF_HUB_ORG}/snnet_swin_tsb.in22k_ft_in1k'),
-    'snnet_resnet.in1k': _cfg(RESNET_18_50, hf_hub_id=f'{HF_HUB_ORG}/snnet_resnet.in1k'),
-    'snnet_resnet18_swin_ti.in1k': _cfg(
+def _v2_cfg(pair: str, official: bool = False) -> dict[str, Any]:
+    """Our Hub repo, or (official) the authors' Hub file, converted once into the cache (timm_snnet._sources)."""
+    where = dict(url=release_url(f'snnetv2_deit3_{pair}', DEFAULT_HUB_URL)) if official else dict(
+        hf_hub_id=f'{HF_HUB_ORG}/snnetv2_deit3_{pair}.in22k_ft_in1k')
+    return snnet_cfg(tuple(DEIT3[s] for s in SNNETV2_PAIRS[pair]), crop_pct=1.0, paper_ids='arXiv:2307.00154',
+                     paper_name='Stitched ViTs are Flexible Vision Backbones', **where)
+
+
+# models over any timm anchors (the generic `snnet`, one exported stitch): ImageNet defaults until the anchors are known
+_ANY_ANCHORS_CFG = {
+    'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None, 'crop_pct': 0.875,
+    'interpolation': 'bicubic', 'mean': timm.data.IMAGENET_DEFAULT_MEAN, 'std': timm.data.IMAGENET_DEFAULT_STD,
+    'license': 'apache-2.0', 'hf_hub_filename': 'model.safetensors', 'paper_ids': 'arXiv:2302.06586',
+    'paper_name': 'Stitchable Neural Networks',
+}
+
+default_cfgs = generate_default_cfgs({
+    # DeiT's own eval transform (resize 256, crop 224), as SN-Net was evaluated (timm's DeiT cfgs crop 0.9)
+    'snnet_deit_tsb.in1k': snnet_cfg(DEIT_TSB, crop_pct=0.875, hf_hub_id=f'{HF_HUB_ORG}/snnet_deit_tsb.in1k'),
+    f'snnet_deit_tsb.{OFFICIAL_TAG}in1k': snnet_cfg(DEIT_TSB, crop_pct=0.875, url=_release('snnet_deit_tsb')),
+    'snnet_swin_tsb.in22k_ft_in1k': snnet_cfg(SWIN_TSB, hf_hub_id=f'{HF_HUB_ORG}/snnet_swin_tsb.in22k_ft_in1k'),
+    'snnet_resnet.in1k': snnet_cfg(RESNET_18_50, hf_hub_id=f'{HF_HUB_ORG}/snnet_resnet.in1k'),
+    'snnet_resnet18_swin_ti.in1k': snnet_cfg(
         RESNET18_SWIN_TI, hf_hub_id=f'{HF_HUB_ORG}/snnet_resnet18_swin_ti.in1k'),
-    f'snnet_swin_tsb.{OFFICIAL_TAG}in22k_ft_in1k': _cfg(SWIN_TSB, url=_release('snnet_swin_tsb')),
-    f'snnet_resnet.{OFFICIAL_TAG}in1k': _cfg(RESNET_18_50, url=_release('snnet_resnet')),
-    f'snnet_resnet18_swin_ti.{OFFICIAL_TAG}in1k': _cfg(RESNET18_SWIN_TI, url=_release('snnet_resnet18_swin_ti')),
-}))
+    f'snnet_swin_tsb.{OFFICIAL_TAG}in22k_ft_in1k': snnet_cfg(SWIN_TSB, url=_release('snnet_swin_tsb')),
+    f'snnet_resnet.{OFFICIAL_TAG}in1k': snnet_cfg(RESNET_18_50, url=_release('snnet_resnet')),
+    f'snnet_resnet18_swin_ti.{OFFICIAL_TAG}in1k': snnet_cfg(RESNET18_SWIN_TI, url=_release('snnet_resnet18_swin_ti')),
+    'snnet': _ANY_ANCHORS_CFG,
+    'snnet_convnext_tsb.in22k_ft_in1k': snnet_cfg(CONVNEXT_TSB),
+    'snnet_efficientnet_b0_b2.in1k': snnet_cfg(EFFICIENTNET_B0_B2),
+    'snnet_levit_192_256.in1k': snnet_cfg(LEVIT_192_256, hf_hub_id=f'{HF_HUB_ORG}/snnet_levit_192_256.in1k'),
+    f'snnet_levit_192_256.{OFFICIAL_TAG}in1k': snnet_cfg(LEVIT_192_256, url=_release('snnet_levit_192_256')),
+    **{f'snnetv2_deit3_{p}.in22k_ft_in1k': _v2_cfg(p) for p in SNNETV2_PAIRS},  # the default tags come first
+    **{f'snnetv2_deit3_{p}.{OFFICIAL_TAG}in22k_ft_in1k': _v2_cfg(p, official=True) for p in SNNETV2_PAIRS},
+    EXPORT_NAME: _ANY_ANCHORS_CFG,
+})
+
+
+@register_model
+def snnet_deit_tsb(pretrained: bool = False, **kwargs: Any) -> SNNet:
+    """SN-Net over DeiT-Ti/S/B (71 configs: 3 anchors + 2 x 34 stitches, window 2 stride 1)."""
+    defaults = dict(anchors=DEIT_TSB, names=('Ti', 'S', 'B'), rule='window')
+    return create_from_anchors('snnet_deit_tsb', pretrained, defaults, kwargs)
+
+
+# --- hierarchical families: Swin, ResNet, ResNet -> Swin ------------------------------------------------------------
 
 
 @register_model
 def snnet_swin_tsb(pretrained: bool = False, **kwargs: Any) -> SNNet:
     """SN-Net over Swin-Ti/S/B (41 configs: 3 anchors + 38 stitches inside stages 0, 1, 2)."""
     defaults = dict(anchors=SWIN_TSB, names=('Ti', 'S', 'B'), rule='stage', stages=(0, 1, 2))
-    return _create_from_anchors('snnet_swin_tsb', pretrained, defaults, kwargs)
+    return create_from_anchors('snnet_swin_tsb', pretrained, defaults, kwargs)
 
 
 @register_model
 def snnet_resnet(pretrained: bool = False, **kwargs: Any) -> SNNet:
     """SN-Net over ResNets, smallest first (default ResNet-18/50: 10 configs, stitches in stages 1 and 2)."""
     defaults = dict(anchors=RESNET_18_50, rule='stage', stages=(1, 2))
-    return _create_from_anchors('snnet_resnet', pretrained, defaults, kwargs)
+    return create_from_anchors('snnet_resnet', pretrained, defaults, kwargs)
 
 
 @register_model
 def snnet_resnet18_swin_ti(pretrained: bool = False, **kwargs: Any) -> SNNet:
     """SN-Net from ResNet-18 to Swin-Ti (8 configs: ResNet stages 1, 2 onto the Swin stages at the same resolution)."""
     defaults = dict(anchors=RESNET18_SWIN_TI, names=('R18', 'Ti'), rule='stage', stages=(1, 2))
-    return _create_from_anchors('snnet_resnet18_swin_ti', pretrained, defaults, kwargs)
+    return create_from_anchors('snnet_resnet18_swin_ti', pretrained, defaults, kwargs)
 
 
 # --- any timm family: the generic entry point --------------------------------------------------------------------
-default_cfgs.update(generate_default_cfgs({
-    'snnet': {'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None, 'crop_pct': 0.875,
-              'interpolation': 'bicubic', 'mean': timm.data.IMAGENET_DEFAULT_MEAN,
-              'std': timm.data.IMAGENET_DEFAULT_STD, 'license': 'apache-2.0', 'hf_hub_filename': 'model.safetensors',
-              'paper_ids': 'arXiv:2302.06586', 'paper_name': 'Stitchable Neural Networks'},
-}))
 _ANCHOR_LISTS = ('anchor_kwargs', 'names', 'anchor_checkpoints')  # per-anchor kwargs, reordered with the anchors
 
 
@@ -288,79 +323,42 @@ def snnet(pretrained: bool = False, **kwargs: Any) -> SNNet:
     if rule == 'stage' and 'stages' not in kwargs:
         kwargs['stages'] = tuple(range(max(min(stages) - 1, 1)))
     if not kwargs.get('pretrained_cfg'):  # a cfg for these anchors (not when a saved config.json supplies one)
-        kwargs['pretrained_cfg_overlay'] = {**_cfg(tuple(anchors)), **(kwargs.get('pretrained_cfg_overlay') or {})}
-    return _create_from_anchors('snnet', pretrained, dict(anchors=tuple(anchors)), kwargs)
+        kwargs['pretrained_cfg_overlay'] = {**snnet_cfg(tuple(anchors)), **(kwargs.get('pretrained_cfg_overlay') or {})}
+    return create_from_anchors('snnet', pretrained, dict(anchors=tuple(anchors)), kwargs)
 
 
 # --- named families: the anchors a user would pick first -------------------------------------------------------------
-# ConvNeXt-T/S/B (ImageNet-22k pretrained, 1k fine-tuned), stitched in stages 0-2 (ConvNeXt-S and -B share depths)
-CONVNEXT_TSB = tuple(f'convnext_{s}.fb_in22k_ft_in1k' for s in ('tiny', 'small', 'base'))
-# EfficientNet-B0/B1/B2 (timm's own weights), seven stages of MBConv blocks; stitched where the depths allow
-EFFICIENTNET_B0_B2 = ('efficientnet_b0.ra_in1k', 'efficientnet_b1.ft_in1k', 'efficientnet_b2.ra_in1k')
-
-default_cfgs.update(generate_default_cfgs({
-    'snnet_convnext_tsb.in22k_ft_in1k': _cfg(CONVNEXT_TSB),
-    'snnet_efficientnet_b0_b2.in1k': _cfg(EFFICIENTNET_B0_B2),
-}))
 
 
 @register_model
 def snnet_convnext_tsb(pretrained: bool = False, **kwargs: Any) -> SNNet:
     """SN-Net over ConvNeXt-T/S/B, stitched inside stages 0, 1 and 2 (`pretrained_anchors=True`: timm's weights)."""
     defaults = dict(anchors=CONVNEXT_TSB, names=('T', 'S', 'B'), rule='stage', stages=(0, 1, 2))
-    return _create_from_anchors('snnet_convnext_tsb', pretrained, defaults, kwargs)
+    return create_from_anchors('snnet_convnext_tsb', pretrained, defaults, kwargs)
 
 
 @register_model
 def snnet_efficientnet_b0_b2(pretrained: bool = False, **kwargs: Any) -> SNNet:
     """SN-Net over EfficientNet-B0/B1/B2, stitched inside stages 1-5 (`pretrained_anchors=True`: timm's weights)."""
     defaults = dict(anchors=EFFICIENTNET_B0_B2, names=('B0', 'B1', 'B2'), rule='stage', stages=(1, 2, 3, 4, 5))
-    return _create_from_anchors('snnet_efficientnet_b0_b2', pretrained, defaults, kwargs)
+    return create_from_anchors('snnet_efficientnet_b0_b2', pretrained, defaults, kwargs)
 
 
 # --- LeViT: the paper's LeViT-192/256 SN-Net (ziplab/SN-Net `stitching_levit/`) -----------------------------------
-# The authors' anchors are facebookresearch/LeViT's distilled LeViT-192 and -256 (timm's `levit_192` / `levit_256`,
-# LevitDistilled, 224x224). Stitches lie in stages 0 and 1; each stage pairs block j with j + 1 (depths 4-4-4).
-LEVIT_192_256 = ('levit_192.fb_dist_in1k', 'levit_256.fb_dist_in1k')
-
-default_cfgs.update(generate_default_cfgs({
-    'snnet_levit_192_256.in1k': _cfg(LEVIT_192_256, hf_hub_id=f'{HF_HUB_ORG}/snnet_levit_192_256.in1k'),
-    f'snnet_levit_192_256.{OFFICIAL_TAG}in1k': _cfg(LEVIT_192_256, url=_release('snnet_levit_192_256')),
-}))
 
 
 @register_model
 def snnet_levit_192_256(pretrained: bool = False, **kwargs: Any) -> SNNet:
     """SN-Net over LeViT-192/256 (8 configs: 2 anchors + 3 stitches in each of stages 0 and 1)."""
     defaults = dict(anchors=LEVIT_192_256, names=('192', '256'), rule='stage', stages=(0, 1))
-    return _create_from_anchors('snnet_levit_192_256', pretrained, defaults, kwargs)
+    return create_from_anchors('snnet_levit_192_256', pretrained, defaults, kwargs)
 
 
 # --- SN-Netv2: two-way stitching of DeiT-III anchors, low-rank stitching layers, resource-constrained sampling --------
-# The authors' anchors are DeiT-III ImageNet-21k pretrained, 1k fine-tuned (their deit_3_*_224_21k.pth: timm's
-# fb_in22k_ft_in1k tags); their eval transform is DeiT-III's (resize 224, centre crop 1.0). Released models use
-# low-rank stitching layers of rank 64.
-DEIT3 = {s: f'deit3_{s}_patch16_224.fb_in22k_ft_in1k' for s in ('small', 'base', 'large')}
-SNNETV2_PAIRS = {'s_b': ('small', 'base'), 's_l': ('small', 'large'), 'b_l': ('base', 'large')}
-
-
-def _v2_cfg(pair: str, official: bool = False) -> dict[str, Any]:
-    """Our Hub repo, or (official) the authors' Hub file, converted once into the cache (timm_snnet._sources)."""
-    where = dict(url=release_url(f'snnetv2_deit3_{pair}', DEFAULT_HUB_URL)) if official else dict(
-        hf_hub_id=f'{HF_HUB_ORG}/snnetv2_deit3_{pair}.in22k_ft_in1k')
-    return _cfg(tuple(DEIT3[s] for s in SNNETV2_PAIRS[pair]), crop_pct=1.0, paper_ids='arXiv:2307.00154',
-                paper_name='Stitched ViTs are Flexible Vision Backbones', **where)
-
-
-default_cfgs.update(generate_default_cfgs({
-    **{f'snnetv2_deit3_{p}.in22k_ft_in1k': _v2_cfg(p) for p in SNNETV2_PAIRS},  # the default tags come first
-    **{f'snnetv2_deit3_{p}.{OFFICIAL_TAG}in22k_ft_in1k': _v2_cfg(p, official=True) for p in SNNETV2_PAIRS}}))
-
-
 def _create_snnetv2(pair: str, pretrained: bool, kwargs: dict[str, Any]) -> SNNet:
     defaults = dict(anchors=tuple(DEIT3[s] for s in SNNETV2_PAIRS[pair]), names=tuple(pair.upper().split('_')),
                     rule='two_way', stitch_rank=64, sampling='ros', flops_gap=1.0)
-    return _create_from_anchors(f'snnetv2_deit3_{pair}', pretrained, defaults, kwargs)
+    return create_from_anchors(f'snnetv2_deit3_{pair}', pretrained, defaults, kwargs)
 
 
 @register_model
@@ -382,16 +380,6 @@ def snnetv2_deit3_b_l(pretrained: bool = False, **kwargs: Any) -> SNNet:
 
 
 # --- one stitch as a plain timm model (SNNet.export_stitch) ---------------------------------------------------
-default_cfgs.update(generate_default_cfgs({
-    EXPORT_NAME: {
-        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None, 'crop_pct': 0.875,
-        'interpolation': 'bicubic', 'mean': timm.data.IMAGENET_DEFAULT_MEAN, 'std': timm.data.IMAGENET_DEFAULT_STD,
-        'license': 'apache-2.0', 'hf_hub_filename': 'model.safetensors', 'paper_ids': 'arXiv:2302.06586',
-        'paper_name': 'Stitchable Neural Networks',
-    },
-}))
-
-
 def _layer_names(anchors: Sequence[str], segments: Sequence[Sequence[int]]) -> dict[str, Any]:
     """first_conv (the first segment's stem) and classifier (the last segment's head), by the anchors' timm cfgs."""
     out = {}
@@ -405,7 +393,7 @@ def _layer_names(anchors: Sequence[str], segments: Sequence[Sequence[int]]) -> d
 @register_model
 def exported_stitch(pretrained: bool = False, **kwargs: Any) -> ExportedStitch:
     """One SN-Net config as a standalone model (`SNNet.export_stitch(k)`; rebuilt from its config.json)."""
-    _PRETRAINED['saved'](EXPORT_NAME, kwargs, pretrained)
+    _weights().check_saved(EXPORT_NAME, kwargs, pretrained)
     if kwargs.get('features_only'):
         raise RuntimeError(f'features_only is not supported for {EXPORT_NAME}')
     if 'anchors' not in kwargs or 'segments' not in kwargs:

@@ -15,6 +15,8 @@ from typing import Any, Union
 
 import torch
 
+from ._errors import UnsafeCheckpointError
+
 __all__ = ['SAFE_GLOBALS', 'UnsafeCheckpointError', 'read_pickle']
 
 
@@ -27,10 +29,6 @@ class _ConfigAsDict:
 
 SAFE_GLOBALS = [argparse.Namespace, (_ConfigAsDict, 'yacs.config.CfgNode')]
 _SAFE_NAMES = ('argparse.Namespace', 'yacs.config.CfgNode')
-
-
-class UnsafeCheckpointError(ValueError):
-    """A pickled checkpoint holds objects outside the allowlist; nothing in it was built or run."""
 
 
 def read_pickle(path: Union[str, os.PathLike]) -> Any:

@@ -11,7 +11,7 @@ from typing import Any, Optional, Sequence, Union
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 from timm.models import parse_model_name
 
-from ._load import _architecture, _check_model, write_snnet
+from ._load import architecture, check_snnet, write_snnet
 from ._plot import plot_sweep
 from ._results import load_sweep
 from ._snnet import SNNet
@@ -30,8 +30,8 @@ def read_sweep(sweep: PathLike, model: SNNet) -> dict[str, Any]:
     result = load_sweep(sweep)
     name = str(result.get('model') or '')
     source, model_id = parse_model_name(name) if name else ('', '')
-    if not source and name and model_id.split('.')[0] != _architecture(model):
-        raise ValueError(f'{sweep} was measured on {name}, not on {_architecture(model)}')
+    if not source and name and model_id.split('.')[0] != architecture(model):
+        raise ValueError(f'{sweep} was measured on {name}, not on {architecture(model)}')
     configs = model.stitch_configs()
     for row in result['rows']:
         k = row.get('id')
@@ -110,7 +110,7 @@ def model_card(model: SNNet, repo_id: str, rows: Sequence[dict], card: Union[Non
                                *(meta.pop('tags', None) or [])]))
     data = ModelCardData(**{'license': model.pretrained_cfg.get('license', 'apache-2.0'),
                             'pipeline_tag': 'image-classification', **meta, 'library_name': 'timm', 'tags': tags})
-    arch, k = _architecture(model), model.stitch_id
+    arch, k = architecture(model), model.stitch_id
     configs = model.stitch_configs()
     anchors = [c for c in configs if c.is_anchor]
     budget = sorted(c.gflops for c in configs)[len(configs) // 2]
@@ -176,13 +176,13 @@ GFLOPs are fvcore counts at batch 1 (one multiply-add = one FLOP); params count 
 
 
 def _plot(rows: Sequence[dict], model: SNNet, folder: Path) -> Optional[str]:
-    """The sweep's Pareto plot (timm_snnet._evaluate.plot_sweep) as PLOT_NAME in `folder`, when rows have top-1."""
+    """The sweep's Pareto plot (timm_snnet._plot.plot_sweep) as PLOT_NAME in `folder`, when rows have top-1."""
     if not any(isinstance(r.get('top1'), (int, float)) for r in rows):
         return None
     anchors = [c.id for c in model.stitch_configs() if c.is_anchor]
     with tempfile.TemporaryDirectory() as tmp:
         sweep_json = Path(tmp) / 'sweep.json'
-        sweep_json.write_text(json.dumps(dict(model=_architecture(model), anchors=anchors, rows=list(rows))))
+        sweep_json.write_text(json.dumps(dict(model=architecture(model), anchors=anchors, rows=list(rows))))
         plot_sweep(sweep_json, folder / PLOT_NAME)
     return PLOT_NAME
 
@@ -197,7 +197,7 @@ def save_snnet(
 ) -> Path:
     """Write a Hub repo folder, all or nothing: model.safetensors and config.json (`write_snnet`) and, with `readme`,
     README.md and pareto.png. `sweep` rows are stored in the model first (`set_stitch_table`)."""
-    model = _check_model(model)
+    model = check_snnet(model)
     save_dir = check_new_folder(save_dir)
     if sweep is not None:
         model.set_stitch_table(read_sweep(sweep, model)['rows'])

@@ -37,6 +37,7 @@ import timm
 import torch
 from PIL import Image
 
+from ._errors import SNNetError
 from ._latency import profile
 from ._load import load_snnet
 from ._selection import pareto_front, parse_stitches, select_stitch
@@ -69,7 +70,7 @@ def _ray_serve():
     return serve
 
 
-class RequestError(ValueError):
+class RequestError(SNNetError):
     """A bad request: `status` is the HTTP status (4xx), `str()` the one-line reason, `headers` extra ones."""
 
     def __init__(self, message: str, status: int = 400, headers: Optional[dict[str, str]] = None):

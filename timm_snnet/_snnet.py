@@ -86,7 +86,7 @@ class SNNet(SNNetFeatures, nn.Module):
         stitch_table: measured results per config (rows of a sweep), carried in checkpoints for `select_stitch`.
         pretrained_anchors: load each anchor's own timm pretrained weights (anchors without a checkpoint).
         anchor_checkpoints: one entry per anchor: a train.py checkpoint (`ema:PATH` for its EMA weights), a
-            `.safetensors` file, `hf-hub:`/`local-dir:` timm model, or None; loaded strictly (see `anchors.py`).
+            `.safetensors` file, `hf-hub:`/`local-dir:` timm model, or None; loaded strictly (see `_anchors`).
         num_classes, in_chans, drop_rate, drop_path_rate, global_pool: passed to every anchor.
         img_size: passed to the anchors with a fixed input size (timm's rule for `img_size`).
     """

@@ -34,11 +34,22 @@ from huggingface_hub.utils import WeakFileLock
 from timm.models import get_pretrained_cfg
 from timm.models._hub import hf_split
 
-from . import _load as hub
 from ._convert import CONVERTERS, official_rows
 from ._errors import SNNetLoadError
-from ._load import CONFIG_NAME, WEIGHTS_NAME, _Source, write_snnet
-from ._models import SHAPE_ARGS, set_pretrained_source
+from ._load import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    Source,
+    check_saved,
+    hub_kwargs,
+    load_errors,
+    pretrained_cfg_for,
+    pretrained_errors,
+    saved_model_args,
+    weights_source,
+    write_snnet,
+)
+from ._models import SHAPE_ARGS, PretrainedSource, set_pretrained_source
 from ._releases import OFFICIAL, OFFICIAL_TAG, RELEASE_URL_ENV, Release, release_url
 from ._utils import atomic_folder, file_sha256
 
@@ -251,17 +262,17 @@ def _hub_problem(error: BaseException, files: str = 'config.json or model.safete
 
 def _from_hub(variant: str, kwargs: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
     """Kwargs for the Hub repo (as for any registry name), once its weights file is known to exist."""
-    out = hub.hub_kwargs(variant, kwargs)
-    weights = hub._weights_source(cfg)
+    out = hub_kwargs(variant, kwargs)
+    weights = weights_source(cfg)
     repo, revision = hf_split(weights.location)
-    with hub.load_errors(weights, variant):
+    with load_errors(weights, variant):
         hf_hub_download(repo, weights.filename, revision=revision, cache_dir=kwargs.get('cache_dir'))
     return out
 
 
 def _from_folder(variant: str, kwargs: dict[str, Any], folder: Path) -> dict[str, Any]:
     """Kwargs that build `variant` from a converted release: its config.json model_args, the weights file."""
-    saved = hub.saved_model_args(_Source('local-dir', str(folder), CONFIG_NAME), variant, kwargs.get('cache_dir'))
+    saved = saved_model_args(Source('local-dir', str(folder), CONFIG_NAME), variant, kwargs.get('cache_dir'))
     saved = {k: v for k, v in saved.items() if k != 'pretrained_anchors'}
     overlay = {**(kwargs.get('pretrained_cfg_overlay') or {}), 'file': str(folder / WEIGHTS_NAME)}
     fixed = {k: saved[k] for k in _CONVERTER_ARGS if k in saved}
@@ -269,11 +280,11 @@ def _from_folder(variant: str, kwargs: dict[str, Any], folder: Path) -> dict[str
 
 
 def pretrained_kwargs(variant: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """`hub.pretrained_kwargs`, with the authors' release behind the default tags (see the module docstring)."""
-    cfg = hub._pretrained_cfg(variant, kwargs)
+    """`_load.hub_kwargs`, with the authors' release behind the default tags (see the module docstring)."""
+    cfg = pretrained_cfg_for(variant, kwargs)
     release, release_only = _release_for(variant, cfg)
     if release is None:
-        return hub.hub_kwargs(variant, kwargs)
+        return hub_kwargs(variant, kwargs)
     if kwargs.get('pretrained_anchors'):
         _logger.info('pretrained=True: the SN-Net weights hold the anchors, ignoring pretrained_anchors=True')
     kwargs = {k: v for k, v in kwargs.items() if k != 'pretrained_anchors'}
@@ -296,4 +307,4 @@ def pretrained_kwargs(variant: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     return _from_folder(variant, kwargs, folder)
 
 
-set_pretrained_source(pretrained_kwargs, hub.pretrained_errors, hub.check_saved)
+set_pretrained_source(PretrainedSource(kwargs=pretrained_kwargs, errors=pretrained_errors, check_saved=check_saved))

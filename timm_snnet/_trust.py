@@ -30,7 +30,7 @@ from ._exported import EXPORT_NAME, ExportedStitch
 from ._models import check_fit
 from ._snnet import SNNet
 
-__all__ = ['check_saved_config', 'check_weights_header', 'WEIGHT_SOURCE_KEYS']
+__all__ = ['check_saved_config', 'check_weights_header', 'is_snnet', 'WEIGHT_SOURCE_KEYS']
 
 # create_model / build_model_with_cfg / pretrained_cfg keys that load weights or run a loader: never from a file
 WEIGHT_SOURCE_KEYS = frozenset((
@@ -53,7 +53,8 @@ def _refuse(where: str, what: str) -> SNNetLoadError:
                           f'write it again with timm_snnet.save_snnet(model, DIR).', where, 'config.json')
 
 
-def _is_ours(name: str) -> bool:
+def is_snnet(name: str) -> bool:
+    """`name` is a registered SN-Net entry point (of this package)."""
     return is_model(name) and model_entrypoint(name).__module__ == 'timm_snnet._models'
 
 
@@ -85,7 +86,7 @@ def _check_anchor_name(name: Any, where: str) -> str:
         raise _refuse(where, f'anchor {name!r} is not a timm model name')
     source, model = parse_model_name(name)
     arch = split_model_name_tag(model)[0]
-    if source or not is_model(arch) or _is_ours(arch):
+    if source or not is_model(arch) or is_snnet(arch):
         what = (f'a {source}: source' if source else 'an SN-Net entry' if is_model(arch) else 'not a timm model')
         raise _refuse(where, f'anchor {name!r} is {what}; anchors must be timm registry names such as '
                              f"'deit_small_patch16_224'")

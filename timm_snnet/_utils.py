@@ -6,7 +6,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 from torch import nn
 
@@ -18,6 +18,11 @@ except ImportError:  # Windows: no advisory locks (writes stay atomic; nothing i
 PathLike = Union[str, os.PathLike]
 LOCK_NAME = '.timm-snnet.lock'  # a folder's lock file (left in place: removing a lock file races)
 _ORPHAN = re.compile(r'\..+\.[a-z0-9_]{8}\.incomplete')  # our temp folders: `.NAME.XXXXXXXX.incomplete` (mkdtemp)
+
+
+def as_tuple(value: Any) -> tuple:
+    """A cfg entry that names one thing or several (timm's `first_conv` / `classifier`) as a tuple."""
+    return () if value is None else (value,) if isinstance(value, str) else tuple(value)
 
 
 def file_sha256(path: PathLike) -> str:

@@ -1,9 +1,9 @@
 """`timm-snnet` command line: argparse, messages and exit codes. Each subcommand lives in its own module here.
 
 A module in `COMMANDS` exposes `add_commands(subparsers)`; each parser it adds sets `func=callable(args)`. The library
-raises (ValueError, SNNetLoadError, FileNotFoundError, ...); only this package turns errors into exit codes: a usage
-or input error is one line and exit status 2 (argparse's own errors too, see `_args.Parser`), any other error one
-line, a hint at --debug and exit status 1.
+raises (its own `SNNetError` family, ValueError, FileNotFoundError, ...); only this package turns errors into exit
+codes: a usage or input error is one line and exit status 2 (argparse's own errors too, see `_args.Parser`), any other
+error one line, a hint at --debug and exit status 1.
 """
 from __future__ import annotations
 
@@ -11,17 +11,16 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from .. import SNNetLoadError
-from .._anchors import AnchorCheckpointError
-from .._convert import ConversionError
+from .._errors import SNNetError
 from .._load import create_snnet
 from . import convert, coverage, export, push, scripts, serve, servebench, sweep
-from ._args import CommandError, Parser
+from ._args import CommandError, Parser, add_command
 
 COMMANDS = (scripts, sweep, push, convert, export, coverage, serve, servebench)
-# what the library raises for bad input: one line `timm-snnet COMMAND: message` on stderr, exit status 2
-USER_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError, ImportError,
-               SNNetLoadError, AnchorCheckpointError, ConversionError)
+# what the library raises for bad input, its own errors and the built-in ones: one line `timm-snnet COMMAND: message`
+# on stderr, exit status 2
+USER_ERRORS = (SNNetError, ValueError, TypeError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError,
+               ImportError)
 
 
 def _one_line(e: BaseException) -> str:
@@ -34,9 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--debug', action='store_true', help='show the full traceback of an error')
     subparsers = parser.add_subparsers(dest='command', metavar='COMMAND')
     subparsers.required = True
-    table = subparsers.add_parser('configs', help='print the config table of a model (id, path, GFLOPs, params)')
+    table = add_command(subparsers, 'configs', _print_configs,
+                        help='print the config table of a model (id, path, GFLOPs, params)')
     table.add_argument('--model', default='snnet_deit_tsb', help='registered snnet model name')
-    table.set_defaults(func=_print_configs)
     for module in COMMANDS:
         module.add_commands(subparsers)
     return parser

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Callable, NoReturn
+from typing import Any, Callable, NoReturn, Optional
 
 import timm
 from timm.models import parse_model_name
@@ -13,8 +13,10 @@ from timm.models import parse_model_name
 from .._inputs import check_checkpoint, check_file, check_image_folder, parse_kwarg
 from .._results import load_sweep
 
-__all__ = ['CommandError', 'Parser', 'model_kwarg', 'add_model_kwargs', 'check_model_kwargs', 'sweep_table',
-           'checkpoint', 'checkpoint_file', 'image_folder', 'existing_file']
+__all__ = ['CommandError', 'Parser', 'add_command', 'model_kwarg', 'add_model_kwargs', 'check_model_kwargs',
+           'sweep_table', 'checkpoint', 'checkpoint_file', 'image_folder', 'existing_file']
+
+Command = Callable[[argparse.Namespace], Optional[int]]
 
 
 class CommandError(SystemExit):
@@ -36,6 +38,14 @@ class Parser(argparse.ArgumentParser):
         line = f'{self.prog}: error: {" ".join(message.split())} (see {self.prog} -h)'
         print(line, file=sys.stderr)
         raise CommandError(line)
+
+
+def add_command(subparsers: Any, name: str, func: Command, help: str, description: Optional[str] = None,
+                **defaults: Any) -> argparse.ArgumentParser:
+    """The parser of one subcommand: `func(args)` runs it (its return value is the exit status, None for 0)."""
+    p = subparsers.add_parser(name, help=help, description=description)
+    p.set_defaults(func=func, **defaults)
+    return p
 
 
 def _anchor_names(value: Any) -> None:

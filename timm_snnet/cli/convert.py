@@ -5,7 +5,13 @@ import argparse
 
 from .._convert import CONVERTERS, OFFICIAL_V1, convert
 from .._releases import HUB_RELEASES
-from ._args import add_model_kwargs, checkpoint_file
+from ._args import add_command, add_model_kwargs, checkpoint_file
+
+DESCRIPTION = ("Map an official SN-Net v1 release (snnet_deit.pth -> snnet_deit_tsb, snnet_swin.pth -> snnet_swin_tsb, "
+               "resnet_18_50.pth -> snnet_resnet, resnet18_swin_ti.pth -> snnet_resnet18_swin_ti, "
+               "levit_192_256_release.pth -> snnet_levit_192_256) or v2 release (snnetv2_deit3_{s_b,s_l,b_l}.pth -> "
+               "snnetv2_deit3_{s_b,s_l,b_l}) into this package's layout, with the compatibility settings that "
+               "reproduce the authors' networks. Fails if any key is left unmapped or missing.")
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
@@ -20,14 +26,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def add_commands(subparsers) -> None:
-    p = subparsers.add_parser(
-        'convert', help="convert the authors' SN-Net v1 / v2 checkpoints into a folder for `push` and local-dir:",
-        description="Map an official SN-Net v1 release (snnet_deit.pth -> snnet_deit_tsb, snnet_swin.pth -> "
-                    "snnet_swin_tsb, resnet_18_50.pth -> snnet_resnet, resnet18_swin_ti.pth -> "
-                    "snnet_resnet18_swin_ti, levit_192_256_release.pth -> snnet_levit_192_256) or v2 release "
-                    "(snnetv2_deit3_{s_b,s_l,b_l}.pth -> snnetv2_deit3_"
-                    "{s_b,s_l,b_l}) into this package's layout, with the compatibility settings that "
-                    "reproduce the authors' networks. Fails if any key is left unmapped or missing.")
+    p = add_command(subparsers, 'convert', _cmd_convert, description=DESCRIPTION,
+                    help="convert the authors' SN-Net v1 / v2 checkpoints into a folder for `push` and local-dir:")
     p.add_argument('checkpoint', type=checkpoint_file,
                    help='official .pth (read with weights_only=True) or its state dict as .safetensors')
     p.add_argument('--from', dest='source_format', required=True, choices=sorted(CONVERTERS),
@@ -35,4 +35,3 @@ def add_commands(subparsers) -> None:
     p.add_argument('--model', required=True, choices=sorted({*OFFICIAL_V1, *HUB_RELEASES}))
     p.add_argument('--output', required=True, help='new folder: config.json + model.safetensors')
     add_model_kwargs(p, 'create_model kwargs (e.g. smaller anchors for tests); compatibility settings are automatic')
-    p.set_defaults(func=_cmd_convert)

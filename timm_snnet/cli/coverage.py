@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from .._coverage import coverage
+from ._args import add_command
 
 
 def _cmd_coverage(args: argparse.Namespace) -> int:
@@ -13,11 +14,11 @@ def _cmd_coverage(args: argparse.Namespace) -> int:
 
 
 def add_commands(subparsers) -> None:
-    p = subparsers.add_parser(
-        'coverage', help="share of timm's pretrained weights that can be SN-Net anchors, by model class",
+    p = add_command(
+        subparsers, 'coverage', _cmd_coverage,
+        help="share of timm's pretrained weights that can be SN-Net anchors, by model class",
         description="Build every timm architecture with pretrained weights on the meta device (no downloads), and "
                     "count its pretrained tags by class: which classes can be anchors, and the largest still missing.")
     p.add_argument('models', nargs='*', help='architectures to check (default: all with pretrained weights)')
     p.add_argument('--top', type=int, default=15, help='classes to list (default 15)')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
-    p.set_defaults(func=_cmd_coverage)

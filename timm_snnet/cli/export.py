@@ -16,7 +16,7 @@ from .._onnx import check_onnx, export_onnx
 from .._results import jsonable, load_sweep, write_results
 from .._selection import parse_stitches
 from .._utils import atomic_folder, folder_lock
-from ._args import add_model_kwargs, checkpoint, sweep_table
+from ._args import add_command, add_model_kwargs, checkpoint, sweep_table
 
 
 def _load(args: argparse.Namespace) -> nn.Module:
@@ -139,8 +139,9 @@ def _source_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_commands(subparsers) -> None:
-    p = subparsers.add_parser(
-        'export', help='write one stitch as a standalone model (safetensors + config.json, or ONNX)',
+    p = add_command(
+        subparsers, 'export', _cmd_export,
+        help='write one stitch as a standalone model (safetensors + config.json, or ONNX)',
         description='Export one config of an SN-Net as a plain timm model holding only its path\'s weights. Pick it '
                     'by id or by budget (FLOPs, or latency from a sweep.json / the stored stitch table).')
     _source_args(p)
@@ -156,10 +157,10 @@ def add_commands(subparsers) -> None:
     p.add_argument('--opset', type=int, default=None, help='ONNX opset (default: the exporter\'s)')
     p.add_argument('--atol', type=float, default=1e-4, help='max abs onnxruntime vs eager difference (onnx)')
     p.add_argument('--no-verify', action='store_true', help='skip the onnxruntime check (onnx)')
-    p.set_defaults(func=_cmd_export)
 
-    p = subparsers.add_parser(
-        'profile', help='measure every config\'s latency on this device -> sweep.json rows (latency_ms_bN)',
+    p = add_command(
+        subparsers, 'profile', _cmd_profile,
+        help='measure every config\'s latency on this device -> sweep.json rows (latency_ms_bN)',
         description='Latency of each config on cpu, cuda or mps with torch.utils.benchmark (warm-up, interleaved '
                     'rounds, medians). Writes OUT/sweep.json in the sweep format, or merges the latencies into an '
                     'existing sweep.json, so `select --max-latency-ms` and `plot --x latency` work.')
@@ -177,4 +178,3 @@ def add_commands(subparsers) -> None:
     out.add_argument('--merge', type=sweep_table, help='existing sweep.json (or its folder) to put the latencies into')
     p.add_argument('--overwrite', action='store_true',
                    help="replace OUT/sweep.json if profile wrote it (a sweep's file is never replaced: use --merge)")
-    p.set_defaults(func=_cmd_profile)

@@ -8,7 +8,11 @@ from .._load import model_from_checkpoint
 from .._publish import push_snnet, save_snnet
 from .._results import load_sweep
 from .._utils import file_sha256
-from ._args import add_model_kwargs, checkpoint, existing_file, sweep_table
+from ._args import add_command, add_model_kwargs, checkpoint, existing_file, sweep_table
+
+DESCRIPTION = ("Load a checkpoint into an SN-Net and push it with timm's save_for_hf (safetensors only), a config.json "
+               'that timm.create_model("hf-hub:REPO", pretrained=True) builds it from, and a model card with the '
+               'per-stitch table and Pareto plot. Log in first (`hf auth login` or HF_TOKEN).')
 
 
 def _cmd_push(args: argparse.Namespace) -> int:
@@ -32,11 +36,8 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
 
 def add_commands(subparsers) -> None:
-    p = subparsers.add_parser(
-        'push', help='push an SN-Net to the Hugging Face Hub (model.safetensors, config.json, model card)',
-        description='Load a checkpoint into an SN-Net and push it with timm\'s save_for_hf (safetensors only), a '
-                    'config.json that timm.create_model("hf-hub:REPO", pretrained=True) builds it from, and a model '
-                    'card with the per-stitch table and Pareto plot. Log in first (`hf auth login` or HF_TOKEN).')
+    p = add_command(subparsers, 'push', _cmd_push, description=DESCRIPTION,
+                    help='push an SN-Net to the Hugging Face Hub (model.safetensors, config.json, model card)')
     p.add_argument('--model', required=True, help='registered SN-Net, e.g. snnet_deit_tsb')
     p.add_argument('--checkpoint', type=checkpoint,
                    help='train.py checkpoint (.pth.tar/.pth, loaded with weights_only=True), .safetensors, or a '
@@ -54,4 +55,3 @@ def add_commands(subparsers) -> None:
     p.add_argument('--commit-message')
     p.add_argument('--save-dir', help='also keep the repo folder here (must be new or empty)')
     p.add_argument('--dry-run', action='store_true', help='write the folder to --save-dir, upload nothing')
-    p.set_defaults(func=_cmd_push)

@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 import timm_snnet  # noqa: F401  (registers the snnet_* models)
 from timm_snnet._distill import check_train_args
 
-from ._args import check_model_kwargs
+from ._args import add_command, check_model_kwargs
 
 __all__ = ['check_script', 'run_script', 'add_commands', 'main']
 
@@ -71,12 +71,12 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def add_commands(subparsers) -> None:
-    p = subparsers.add_parser(
-        'run', help="run timm's train.py / validate.py / benchmark.py with the snnet models registered",
+    p = add_command(
+        subparsers, 'run', _run, accepts_extra=True,
+        help="run timm's train.py / validate.py / benchmark.py with the snnet models registered",
         description=_USAGE.split('\n', 1)[1])
     p.add_argument('script', help="path to timm's train.py, validate.py or benchmark.py")
     p.add_argument('args', nargs=argparse.REMAINDER, help="the script's own arguments, passed untouched")
-    p.set_defaults(func=_run, accepts_extra=True)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -15,7 +15,7 @@ from .._plot import X_AXES, plot_sweep
 from .._results import ROW_KEYS, load_sweep
 from .._selection import LATENCY_KEYS, select_stitch
 from .._utils import atomic_file, check_new_file
-from ._args import add_model_kwargs, checkpoint, existing_file, image_folder, sweep_table
+from ._args import add_command, add_model_kwargs, checkpoint, existing_file, image_folder, sweep_table
 
 
 def _model_kwargs_arg(p: argparse.ArgumentParser) -> None:
@@ -96,7 +96,8 @@ def _cmd_select(args: argparse.Namespace) -> int:
 
 
 def add_commands(subparsers) -> None:
-    p = subparsers.add_parser('init', help='least-squares init of the stitching layers -> .safetensors for train.py')
+    p = add_command(subparsers, 'init', _cmd_init,
+                    help='least-squares init of the stitching layers -> .safetensors for train.py')
     p.add_argument('--model', required=True, help='registered snnet model, e.g. snnet_deit_tsb')
     p.add_argument('--data-dir', required=True, type=image_folder, help='ImageFolder root (uses DIR/train if present)')
     p.add_argument('--output', required=True, help='output .safetensors (train.py --initial-checkpoint)')
@@ -114,10 +115,9 @@ def add_commands(subparsers) -> None:
     p.add_argument('--workers', type=int, default=2)
     _overwrite_arg(p)
     _model_kwargs_arg(p)
-    p.set_defaults(func=_cmd_init)
 
-    p = subparsers.add_parser(
-        'sweep', help='measure top-1/top-5/GFLOPs/params/latency of every stitch',
+    p = add_command(
+        subparsers, 'sweep', _cmd_sweep, help='measure top-1/top-5/GFLOPs/params/latency of every stitch',
         description='Evaluate each stitch into OUT/sweep.json and OUT/sweep.csv (resumable). Under `torchrun '
                     '--nproc_per_node N [--nnodes M ...] -m timm_snnet.cli sweep ...` the images are split across '
                     'the ranks (gloo on CPU, nccl on CUDA: cuda:LOCAL_RANK) with the exact one-process counts; rank '
@@ -144,18 +144,17 @@ def add_commands(subparsers) -> None:
                    help='also write the weights with the sweep table attached (model.stitch_table)')
     _overwrite_arg(p, '--save-model')
     _model_kwargs_arg(p)
-    p.set_defaults(func=_cmd_sweep)
 
-    p = subparsers.add_parser('plot', help='Pareto plot (PNG) of a sweep')
+    p = add_command(subparsers, 'plot', _cmd_plot, help='Pareto plot (PNG) of a sweep')
     p.add_argument('sweep', type=sweep_table, help='OUT/sweep.json or OUT/')
     p.add_argument('--output', default=None, help='PNG path (default OUT/pareto_<x>.png)')
     p.add_argument('--x', default='gflops', choices=sorted(X_AXES), help='x axis (default gflops)')
     p.add_argument('--reference', default=None, type=existing_file('a reference file'),
                    help='official points, JSONL with cfg_id, flops, acc1')
     _overwrite_arg(p)
-    p.set_defaults(func=_cmd_plot)
 
-    p = subparsers.add_parser('select', help='best stitch within a budget (prints: id, path, measurements)')
+    p = add_command(subparsers, 'select', _cmd_select,
+                    help='best stitch within a budget (prints: id, path, measurements)')
     p.add_argument('sweep', nargs='?', default=None, type=sweep_table,
                    help='OUT/sweep.json (else --model, FLOPs or its stored table)')
     p.add_argument('--model', default=None)
@@ -166,4 +165,3 @@ def add_commands(subparsers) -> None:
     p.add_argument('--latency', default='b1', choices=sorted(LATENCY_KEYS), help='latency column for the budget')
     p.add_argument('--min-top1', type=float, default=None)
     _model_kwargs_arg(p)
-    p.set_defaults(func=_cmd_select)
