@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / 'timm_snnet'
 # lowest first; a module imports only from its own layer and below
 LAYERS = {
     'pure': ('_configs', '_sampling', '_selection', '_results', '_errors', '_utils', '_releases', '_inputs'),
-    'blocks': ('families', '_stitching', '_flops', '_routes', '_pickle', '_anchors'),
+    'blocks': ('families', '_stitching', '_flops', '_routes', '_routenet', '_pickle', '_anchors'),
     'engine': ('_snnet', '_features', '_training', '_exported', '_dense'),
     'glue': ('_models',),
     'weights': ('_trust', '_convert', '_sources', '_load'),

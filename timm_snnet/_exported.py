@@ -22,9 +22,9 @@ from torch import nn
 
 from ._anchors import shared_kwargs
 from ._configs import Route, Segment
-from ._routes import finish_route, owned, prune_anchors, route_names, run_route
+from ._routenet import RouteNet
+from ._routes import owned
 from ._stitching import create_stitching_layer
-from .families import family_for
 
 __all__ = ['ExportedStitch', 'EXPORT_NAME', 'export_stitch']
 
@@ -32,7 +32,7 @@ EXPORT_NAME = 'exported_stitch'  # its timm entry point (registered in `timm_snn
 _OWN_ARGS = ('num_classes', 'in_chans', 'img_size')  # set on the exported model itself, not per anchor
 
 
-class ExportedStitch(nn.Module):
+class ExportedStitch(RouteNet):
     """One SN-Net config as a plain model: the route's anchors (pruned to the path), its stitching layers, its head.
 
     Args:
@@ -62,60 +62,40 @@ class ExportedStitch(nn.Module):
             device=None,
             dtype=None,
     ):
-        super().__init__()
-        self.segments = [tuple(int(v) for v in s) for s in segments]
-        _check_route(anchors, anchor_kwargs, self.segments, stitch_layers)
+        segments = [tuple(int(v) for v in s) for s in segments]
+        _check_route(anchors, anchor_kwargs, segments, stitch_layers)
         own = {k: v for k, v in dict(num_classes=num_classes, in_chans=in_chans, img_size=img_size).items()
                if v is not None}
-        models = [timm.create_model(name, **{**kw, **shared_kwargs(name, own)}, device=device, dtype=dtype)
-                  for name, kw in zip(anchors, anchor_kwargs)]
-        self._families = [family_for(m) for m in models]
-        units = [f.units(m) for f, m in zip(self._families, models)]
-        for a, start, stop in self.segments:
-            if not 0 <= start <= stop <= len(units[a]):
+        super().__init__([timm.create_model(name, **{**kw, **shared_kwargs(name, own)}, device=device, dtype=dtype)
+                          for name, kw in zip(anchors, anchor_kwargs)], stitched_final_norm)
+        self.segments = segments
+        for a, start, stop in segments:
+            if not 0 <= start <= stop <= len(self._units[a]):
                 raise ValueError(f'segment [{a}, {start}, {stop}] is out of range: {anchors[a]} has units '
-                                 f'0..{len(units[a]) - 1} (a segment runs units [start, stop))')
+                                 f'0..{len(self._units[a]) - 1} (a segment runs units [start, stop))')
         # a fixed-size anchor after the first cannot check its input itself once its stem is gone
-        self._fixed_sizes = [(anchors[a], tuple(get_model_input_config(models[a])['input_size'][1:]))
-                             for a in dict.fromkeys(s[0] for s in self.segments[1:])
-                             if get_model_input_config(models[a])['fixed_input_size']]
-        self._units = units
-        self._route = Route(tuple(Segment(*seg) for seg in self.segments), tuple(range(len(self.segments) - 1)))
-        layers = nn.ModuleList([
+        configs = [get_model_input_config(m) for m in self.anchors]
+        self._fixed_sizes = [(anchors[a], tuple(configs[a]['input_size'][1:]))
+                             for a in dict.fromkeys(s[0] for s in segments[1:]) if configs[a]['fixed_input_size']]
+        self._route = Route(tuple(Segment(*seg) for seg in segments), tuple(range(len(segments) - 1)))
+        self.stitch_layers = nn.ModuleList([
             create_stitching_layer(int(spec['in_features']), int(spec['out_features']), self._families[a].layout,
                                    self._families[b].layout, device=device, dtype=dtype)
-            for spec, (a, _, _), (b, _, _) in zip(stitch_layers, self.segments, self.segments[1:])])
-        prune_anchors(models, layers, route_names(self._route, models, self._families, units))
-        self.anchors, self.stitch_layers = nn.ModuleList(models), layers
-        self.stitched_final_norm = stitched_final_norm
+            for spec, (a, _, _), (b, _, _) in zip(stitch_layers, segments, segments[1:])])
+        self.prune_to(self.route_names(self._route))
         self.anchor_names = tuple(names or (n.split('.')[0] for n in anchors))
         self.stitch_id, self.path = stitch_id, path
-        self.in_chans = int(own.get('in_chans', anchor_kwargs[self.segments[0][0]].get('in_chans', 3)))
+        self.in_chans = int(own.get('in_chans', anchor_kwargs[segments[0][0]].get('in_chans', 3)))
 
     @property
-    def _last(self) -> nn.Module:
-        return self.anchors[self.segments[-1][0]]
-
-    @property
-    def num_classes(self) -> int:
-        return self._last.num_classes
-
-    @property
-    def num_features(self) -> int:
-        return self._last.num_features
-
-    @property
-    def head_hidden_size(self) -> int:
-        return getattr(self._last, 'head_hidden_size', self._last.num_features)
-
-    def get_classifier(self) -> nn.Module:
-        return self._last.get_classifier()
+    def active_route(self) -> Route:
+        return self._route
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         if global_pool is None:
-            self._last.reset_classifier(num_classes)
+            self.last_anchor.reset_classifier(num_classes)
         else:
-            self._last.reset_classifier(num_classes, global_pool)
+            self.last_anchor.reset_classifier(num_classes, global_pool)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -123,25 +103,14 @@ class ExportedStitch(nn.Module):
         return {f'anchors.{i}.{n}' for i, m in enumerate(self.anchors) if hasattr(m, 'no_weight_decay')
                 for n in m.no_weight_decay()} & own
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        first = self.segments[0][0]
+    def check_input(self, route: Route, x: torch.Tensor) -> None:
+        """The first anchor checks the input; later fixed-size anchors (their stems are gone) by their size."""
+        first = route.first.anchor
         self._families[first].check_input(self.anchors[first], x)
         for name, size in self._fixed_sizes:
             if tuple(x.shape[-2:]) != size:
                 raise ValueError(f'input size {tuple(x.shape[-2:])} does not match {name}\'s fixed image size {size} '
                                  f'(on this stitch\'s path); resize to {size}')
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
-        x, _ = run_route(self._route, self.anchors, self._families, self._units, self.stitch_layers, x)
-        return finish_route(self._route, self.anchors, self._families, x, self.stitched_final_norm)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        last = self.segments[-1][0]
-        return self._families[last].head(self.anchors[last], x, pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
     # --- loading onto meta-built anchors ---------------------------------------------------------------------------
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
@@ -175,7 +144,7 @@ class ExportedStitch(nn.Module):
                 raise RuntimeError(f'{len(missing)} parameters were not loaded (e.g. {missing[0]}): the checkpoint '
                                    f'does not hold this stitch; export it again with `timm-snnet export`')
             self.reset_classifier(self.num_classes)  # timm dropped the head for another num_classes
-            self._last.get_classifier().to(loaded.device, loaded.dtype)
+            self.last_anchor.get_classifier().to(loaded.device, loaded.dtype)
 
 
 def _check_route(anchors, anchor_kwargs, segments, stitch_layers) -> None:

@@ -15,7 +15,7 @@ import torch
 from timm.models._features import feature_take_indices
 
 from ._configs import Route, Segment
-from ._routes import prune_anchors, route_names, run_route
+from ._routenet import RouteNet
 
 _FORMATS = {'tokens': 'NLC', 'nhwc': 'NHWC', 'nchw': 'NCHW'}
 
@@ -28,11 +28,11 @@ class Tap:
     info: dict  # timm feature_info entry: num_chs, reduction, module, stage
 
 
-class SNNetFeatures:
-    """timm's feature API over the active stitch; mixed into `SNNet`.
+class SNNetFeatures(RouteNet):
+    """timm's feature API over the active route; `SNNet`'s base.
 
-    It uses only the engine's declared contract: `anchors`, `stitch_layers`, `families`, `units`, `stitch_id`,
-    `route(k)`, `input_size()`, `check_input(route, x)`, `finish(route, x)`, `reset_classifier` and `restrict_to`.
+    Beyond `RouteNet`, it uses only the engine's declared contract: `stitch_id`, `input_size()`, `reset_classifier`
+    and `restrict_to`.
     """
 
     # --- the pyramid of a route --------------------------------------------------------------------------------------
@@ -58,17 +58,17 @@ class SNNetFeatures:
     @property
     def feature_info(self) -> list[dict]:
         """timm feature_info of the active stitch: channels, reduction and module of each feature it computes."""
-        return [dict(t.info) for t in self.route_taps(self.route(self.stitch_id))]
+        return [dict(t.info) for t in self.route_taps(self.active_route)]
 
     @property
     def output_fmt(self) -> str:
         """Layout of `forward_features` for the active stitch (timm's attribute): NCHW, NHWC or NLC (tokens)."""
-        return _FORMATS[self.families[self.route(self.stitch_id).last.anchor].layout]
+        return _FORMATS[self.families[self.active_route.last.anchor].layout]
 
     @property
     def pool_size(self) -> Optional[tuple[int, int]]:
         """Spatial size of `forward_features` for the active stitch at the model's input size; None for tokens."""
-        route = self.route(self.stitch_id)
+        route = self.active_route
         if self.families[route.last.anchor].layout == 'tokens':
             return None
         r = self.route_taps(route)[-1].info['reduction']
@@ -110,7 +110,7 @@ class SNNetFeatures:
             output_fmt: 'NCHW', or 'NLC' for ViT stitches.
             intermediates_only: return the features only.
         """
-        route = self.route(self.stitch_id)
+        route = self.active_route
         formats = [f for f in ('NCHW', 'NLC')
                    if all(f in self.families[s.anchor].intermediate_fmts for s in route.segments)]
         if output_fmt not in formats:
@@ -134,8 +134,7 @@ class SNNetFeatures:
             return (s, u) == stop
 
         if stop != (0, None):
-            x, _ = run_route(route, self.anchors, self.families, self.units, self.stitch_layers, x, stem=False,
-                             visit=visit)
+            x = self.run(route, x, stem=False, visit=visit)
         if intermediates_only:
             return out
         end = (len(route.segments) - 1, route.last.stop - 1)
@@ -155,8 +154,7 @@ class SNNetFeatures:
         are refused. Features past the last index, the final norm (`prune_norm`) and the head (`prune_head`) go as
         in timm.
         """
-        k = self.stitch_id
-        route = self.route(k)
+        k, route = self.stitch_id, self.active_route
         taps = self.route_taps(route)
         take, max_index = feature_take_indices(len(taps), indices)
         tap, prune_end = taps[max_index], max_index < len(taps) - 1
@@ -169,13 +167,13 @@ class SNNetFeatures:
         if prune_end:  # features now end at the tap; a new head is sized for them
             end = self.anchors[new.last.anchor]
             end.num_features = end.head_hidden_size = tap.info['num_chs']
-        keep = route_names(new, self.anchors, self.families, self.units, norm=not prune_norm and not prune_end,
-                           head=not prune_head and not prune_end, block_norms=not prune_norm)
+        keep = self.route_names(new, norm=not prune_norm and not prune_end, head=not prune_head and not prune_end,
+                                block_norms=not prune_norm)
         if prune_head or prune_end:
             # the head's own layers go first (MobileNetV3's conv_head), the classifiers stay for reset_classifier,
             # which then drops them (with the head's own norm: ConvNeXt's reset_other)
-            prune_anchors(self.anchors, self.stitch_layers, keep | self._classifier_names())
+            self.prune_to(keep | self._classifier_names())
             self.reset_classifier(0, '', reset_other=True)
-        prune_anchors(self.anchors, self.stitch_layers, keep)
+        self.prune_to(keep)
         self.restrict_to(k, new)
         return take

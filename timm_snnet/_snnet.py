@@ -4,7 +4,6 @@ The engine knows anchors only through their family adapter (stem, units with act
 """
 from __future__ import annotations
 
-import bisect
 import inspect
 import json
 import operator
@@ -21,27 +20,13 @@ from ._configs import Route, Rule, Segment, StitchConfig, assign_layers, enumera
 from ._exported import export_stitch
 from ._features import SNNetFeatures
 from ._flops import AnchorCosts, anchor_costs, stitching_layer_cost
-from ._routes import finish_route, owned, route_names, run_route, run_units
-from ._sampling import SAMPLINGS, Sampling, ros_weights
+from ._routes import owned
+from ._sampling import Sampler, Sampling, ros_weights
 from ._selection import select_stitch
 from ._stitching import LeastSquares, average_affine, create_stitching_layer, to_rows
-from ._training import JoinOffPath, anchor_share_weights, check_off_path, distributed, forget, join_ddp, ledger
+from ._training import JoinOffPath, check_off_path, distributed, forget, join_ddp, ledger
 from ._utils import eval_mode
-from .families import Family, Unit, family_for
-
-_MASK64 = (1 << 64) - 1
-
-
-def _splitmix64(x: int) -> int:
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
-def counter_uniform(seed: int, step: int) -> float:
-    """Uniform [0, 1) from (seed, step) alone: every DDP rank draws the same stitch without communication."""
-    return (_splitmix64(_splitmix64(seed & _MASK64) ^ (step & _MASK64)) >> 11) / float(1 << 53)
+from .families import Unit
 
 
 def _image_batches(data: Union[torch.Tensor, Iterable], num_images: int, chunk: int) -> Iterator[torch.Tensor]:
@@ -59,7 +44,34 @@ def _image_batches(data: Union[torch.Tensor, Iterable], num_images: int, chunk: 
             return
 
 
-class SNNet(SNNetFeatures, nn.Module):
+def _build_anchors(
+        anchors: Sequence[str],
+        anchor_kwargs: Union[None, dict, Sequence[dict]],
+        pretrained: bool,
+        checkpoints: Optional[Sequence[Optional[str]]],
+        common: dict[str, Any],
+) -> list[nn.Module]:
+    """The anchors as timm models, with the `common` kwargs each takes and its own, loaded from `checkpoints`."""
+    if len(anchors) < 2:
+        raise ValueError(f'an SN-Net needs at least 2 anchors, got {list(anchors)}')
+    if anchor_kwargs is None or isinstance(anchor_kwargs, dict):
+        anchor_kwargs = [dict(anchor_kwargs or {}) for _ in anchors]
+    if len(anchor_kwargs) != len(anchors):
+        raise ValueError(f'anchor_kwargs has {len(anchor_kwargs)} entries for {len(anchors)} anchors')
+    sources = parse_anchor_checkpoints(checkpoints, len(anchors))  # bad entries fail before any download
+    models = [create_anchor(name, pretrained and src is None, **{**shared_kwargs(name, common), **kw})
+              for name, kw, src in zip(anchors, anchor_kwargs, sources)]
+    if checkpoints is not None:
+        load_anchor_checkpoints(models, anchors, checkpoints)
+    return models
+
+
+def _sampler_field(name: str, doc: str) -> property:
+    """An SNNet attribute that its sampler keeps."""
+    return property(lambda self: getattr(self.sampler, name), lambda self, v: setattr(self.sampler, name, v), doc=doc)
+
+
+class SNNet(SNNetFeatures):
     """Stitchable Neural Network over a family of timm anchors (smallest first).
 
     Args:
@@ -122,60 +134,33 @@ class SNNet(SNNetFeatures, nn.Module):
             device=None,
             dtype=None,
     ):
-        super().__init__()
-        if len(anchors) < 2:
-            raise ValueError(f'an SN-Net needs at least 2 anchors, got {list(anchors)}')
-        self._anchor_args = dict(anchors=tuple(anchors), anchor_kwargs=anchor_kwargs)  # as built: see live_model_args
-        if anchor_kwargs is None or isinstance(anchor_kwargs, dict):
-            anchor_kwargs = [dict(anchor_kwargs or {}) for _ in anchors]
-        if len(anchor_kwargs) != len(anchors):
-            raise ValueError(f'anchor_kwargs has {len(anchor_kwargs)} entries for {len(anchors)} anchors')
         common = dict(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate, drop_path_rate=drop_path_rate,
                       global_pool=global_pool, img_size=img_size, device=device, dtype=dtype)
-        sources = parse_anchor_checkpoints(anchor_checkpoints, len(anchors))  # bad entries fail before any download
-        self.anchors = nn.ModuleList([
-            create_anchor(name, pretrained_anchors and src is None, **{**shared_kwargs(name, common), **kw})
-            for name, kw, src in zip(anchors, anchor_kwargs, sources)])
-        if anchor_checkpoints is not None:
-            load_anchor_checkpoints(self.anchors, anchors, anchor_checkpoints)
+        super().__init__(_build_anchors(anchors, anchor_kwargs, pretrained_anchors, anchor_checkpoints, common),
+                         stitched_final_norm)
+        self._anchor_args = dict(anchors=tuple(anchors), anchor_kwargs=anchor_kwargs)  # as built: see live_model_args
         self.anchor_names = tuple(names or (n.split('.')[0] for n in anchors))
         if len(self.anchor_names) != len(anchors):
             raise ValueError(f'{len(self.anchor_names)} names for {len(anchors)} anchors')
-        self._families: list[Family] = [family_for(m) for m in self.anchors]
-        self._units: list[list[Unit]] = [f.units(m) for f, m in zip(self._families, self.anchors)]
-        self.stitched_final_norm = stitched_final_norm
         self.in_chans = in_chans
-        self.grad_checkpointing = False
 
         depths = [self._stage_depths(u) for u in self._units]
         self._check_stages(depths)
         configs, layers = enumerate_configs(depths, stages, rule, kernel_size, stride)
         if layer_assignment is not None:
             configs, layers = assign_layers(configs, layers, list(layer_assignment))
-        self._configs = configs
-        self._depths = depths
+        self._configs, self._depths = configs, depths
         if isinstance(stitch_rank, bool) or not isinstance(stitch_rank, int) or stitch_rank < 0:
             raise ValueError(f'stitch_rank must be an integer >= 0 (0: dense stitching layers), got {stitch_rank!r}')
         self.stitch_rank = stitch_rank
         self.stitch_layers = nn.ModuleList([self._make_layer(s.front, s.back, s.stage, device, dtype) for s in layers])
         self._routes = [self._route(c) for c in configs]
 
-        self.stitch_seed = int(stitch_seed)
+        self.off_path = check_off_path(off_path)
+        self.sampler = Sampler([r.is_complete for r in self._routes], stitch_seed, sampling, flops_gap,
+                               sampling_weights, anchor_share, num_anchors=len(anchors))
         self.register_buffer('sample_step', torch.zeros((), dtype=torch.long, device=device))
         self.register_load_state_dict_post_hook(_sync_sample_step)
-        self._step = 0
-        self._cum_weights: list[float] = []
-        self.off_path = check_off_path(off_path)
-        self.anchor_share = anchor_share
-        if anchor_share is not None:
-            if sampling_weights is not None or sampling != 'uniform':
-                raise ValueError(f'pass one of anchor_share, sampling_weights and sampling=\'ros\', not several '
-                                 f'(got anchor_share={anchor_share!r}, sampling={sampling!r})')
-            weights = anchor_share_weights(len(anchors), len(configs), anchor_share)
-            sampling_weights = [w * r.is_complete for w, r in zip(weights, self._routes)]
-            self._init_sampling(sampling, flops_gap, sampling_weights, explicit=False)
-        else:
-            self._init_sampling(sampling, flops_gap, sampling_weights, explicit=sampling_weights is not None)
         self._stitch_id = len(anchors) - 1
         self._pruned_to: Optional[int] = None  # set by prune_intermediate_layers: the one stitch left
         if stitch_id is not None:
@@ -244,16 +229,6 @@ class SNNet(SNNetFeatures, nn.Module):
         return self._routes[self.check_id(stitch_id)]
 
     @property
-    def families(self) -> tuple[Family, ...]:
-        """The family adapter of each anchor."""
-        return tuple(self._families)
-
-    @property
-    def units(self) -> tuple[list[Unit], ...]:
-        """The units (cut-able blocks) of each anchor, across stages."""
-        return tuple(self._units)
-
-    @property
     def configs(self) -> tuple[StitchConfig, ...]:
         """Every config's structure (ids, anchors, cut blocks, layers), without costs (see `stitch_configs`)."""
         return tuple(self._configs)
@@ -276,22 +251,17 @@ class SNNet(SNNetFeatures, nn.Module):
         return self._stitch_id
 
     @property
+    def active_route(self) -> Route:
+        return self._routes[self._stitch_id]
+
+    @property
     def num_classes(self) -> int:
-        return self.anchors[-1].num_classes
-
-    @property
-    def num_features(self) -> int:
-        return self.anchors[self._routes[self._stitch_id].last.anchor].num_features
-
-    @property
-    def head_hidden_size(self) -> int:
-        back = self.anchors[self._routes[self._stitch_id].last.anchor]
-        return getattr(back, 'head_hidden_size', back.num_features)
+        return self.anchors[-1].num_classes  # every anchor's head is reset together
 
     @property
     def feature_dim(self) -> int:
         """Channel axis of `forward_features` (timm's attribute): 1 for NCHW maps, -1 for tokens and NHWC maps."""
-        return 1 if self._families[self._routes[self._stitch_id].last.anchor].layout == 'nchw' else -1
+        return 1 if self._families[self.active_route.last.anchor].layout == 'nchw' else -1
 
     # --- stitch selection ------------------------------------------------------------------------------------------
     def check_id(self, stitch_id: Any) -> int:
@@ -314,60 +284,36 @@ class SNNet(SNNetFeatures, nn.Module):
         """Make `stitch_id` the active config (O(1)). It runs in eval mode and in `forward_features`/`forward_head`."""
         self._stitch_id = self.check_id(stitch_id)
 
+    # --- training-time sampling (see `_sampling.Sampler`) -----------------------------------------------------------
+    stitch_seed = _sampler_field('seed', 'Seed of the training-time stitch sampler (the same on every rank).')
+    sampling = _sampler_field('sampling', "The sampling rule: 'uniform' or 'ros'.")
+    flops_gap = _sampler_field('flops_gap', 'Width of a ROS FLOPs group in GFLOPs.')
+    anchor_share = _sampler_field('anchor_share', "The anchors' total sampling probability, or None.")
+    _step = _sampler_field('step', 'Draws so far (the `sample_step` buffer saves it).')
+    _sampling_weights = _sampler_field('weights', 'Per-config sampling weights; None when uniform.')
+
     def set_sampling_weights(self, weights: Optional[Sequence[float]] = None, explicit: bool = True) -> None:
         """Relative probability of each config in training-time sampling; None is uniform. Explicit weights replace
         the constructor's `sampling` / `anchor_share` in the saved model_args."""
-        self._explicit_weights = explicit
-        if weights is None:
-            weights = [1.0] * len(self._configs)
-        weights = [float(w) for w in weights]
-        if len(weights) != len(self._configs) or min(weights) < 0 or sum(weights) <= 0:
-            raise ValueError(f'sampling weights need {len(self._configs)} non-negative values with a positive sum')
-        self._sampling_weights = None if len(set(weights)) == 1 else weights
-        total, cum = 0.0, []
-        for w in weights:
-            total += w
-            cum.append(total)
-        self._cum_weights = cum
-
-    def _init_sampling(self, sampling: str, flops_gap: float, weights: Optional[Sequence[float]],
-                       explicit: bool) -> None:
-        if sampling not in SAMPLINGS:
-            raise ValueError(f'unknown sampling {sampling!r}: valid values are {", ".join(map(repr, SAMPLINGS))}')
-        if isinstance(flops_gap, bool) or not isinstance(flops_gap, (int, float)) or not flops_gap > 0:
-            raise ValueError(f'flops_gap must be a positive number of GFLOPs, got {flops_gap!r}')
-        if sampling == 'ros' and weights is not None:
-            raise ValueError("sampling='ros' sets the sampling weights; pass sampling_weights only with 'uniform'")
-        self.sampling, self.flops_gap = sampling, float(flops_gap)
-        self.set_sampling_weights([float(r.is_complete) for r in self._routes] if weights is None else weights,
-                                  explicit=explicit)
-        self._sampling_pending = weights is None and sampling == 'ros'  # needs FLOPs: computed at the first draw
+        self.sampler.set_weights(weights, explicit=explicit)
 
     def ros_weights(self) -> list[float]:
         """Resource-constrained sampling weights over the configs with complete routes (FLOPs at the input size)."""
-        gflops = [c.gflops for c in self.stitch_configs()]
-        return ros_weights(gflops, self.flops_gap, [r.is_complete for r in self._routes])
+        return ros_weights(self._gflops(), self.flops_gap, [r.is_complete for r in self._routes])
+
+    def _gflops(self) -> list[float]:
+        return [c.gflops for c in self.stitch_configs()]
 
     @property
     def _cum_weights(self) -> list[float]:
-        """Cumulative sampling weights. ROS weights are computed here, at the first draw: the FLOPs they need depend
-        on the input size, known once the model is built. FLOPs are deterministic, so every rank gets the same."""
-        if self.__dict__.get('_sampling_pending'):
-            self._sampling_pending = False
-            self.set_sampling_weights(self.ros_weights(), explicit=False)
-        return self.__dict__['_cum']
-
-    @_cum_weights.setter
-    def _cum_weights(self, value: list[float]) -> None:
-        self.__dict__['_cum'] = value
-        self.__dict__['_sampling_pending'] = False  # weights set explicitly win over pending ROS weights
+        """Cumulative sampling weights (pending ROS weights computed now, at the input size)."""
+        return self.sampler.cum_weights(self._gflops)
 
     def sample_stitch(self) -> int:
         """Draw the next training stitch from (stitch_seed, step): identical on every rank, saved in checkpoints."""
-        u = counter_uniform(self.stitch_seed, self._step) * self._cum_weights[-1]
-        self._step += 1
-        self.sample_step.fill_(self._step)
-        return min(bisect.bisect_right(self._cum_weights, u), len(self._cum_weights) - 1)
+        k = self.sampler.draw(self._gflops)
+        self.sample_step.fill_(self.sampler.step)
+        return k
 
     # --- measured table (sweep results carried by the model) -------------------------------------------------------
     @property
@@ -435,39 +381,21 @@ class SNNet(SNNetFeatures, nn.Module):
     def describe(self, config: StitchConfig) -> str:
         return config.path(self.anchor_names, self._depths)
 
-    # --- forward ---------------------------------------------------------------------------------------------------
-    def _run(self, anchor: int, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        return run_units(self._families[anchor], self.anchors[anchor], self._units[anchor], start, stop, x,
-                         self.grad_checkpointing)
-
+    # --- forward: a stitch, then the off-path parameters (see `RouteNet` for the route itself) ------------------------
     def check_input(self, route: Route, x: torch.Tensor) -> None:
-        """Raise a clear ValueError for an input that an anchor on the route cannot take."""
-        if not is_fx_tracing():  # the input must suit every anchor on the path (pruned: only the stem is left to ask)
-            for anchor in dict.fromkeys(s.anchor for s in route.segments[:1 if self._pruned_to is not None else None]):
-                self._families[anchor].check_input(self.anchors[anchor], x)
-
-    def finish(self, route: Route, x: torch.Tensor) -> torch.Tensor:
-        """The route's final norm (see `finish_route`)."""
-        return finish_route(route, self.anchors, self._families, x, self.stitched_final_norm)
+        """Raise a clear ValueError for an input that an anchor on the route cannot take (pruned: only the stem's
+        anchor is left to ask)."""
+        super().check_input(route if self._pruned_to is None else Route(route.segments[:1]), x)
 
     def _features(self, x: torch.Tensor, stitch_id: int) -> torch.Tensor:
         route = self._routes[stitch_id]
         if self.off_path == 'skip' and self.training and torch.is_grad_enabled() and not is_fx_tracing():
             ledger(self).record(self, stitch_id)  # the optimizer pre-hook updates only what a forward used
         self.check_input(route, x)
-        x, _ = run_route(route, self.anchors, self._families, self._units, self.stitch_layers, x,
-                         checkpointing=self.grad_checkpointing)
-        return self.finish(route, x)
-
-    def _head(self, x: torch.Tensor, stitch_id: int, pre_logits: bool = False) -> torch.Tensor:
-        last = self._routes[stitch_id].last.anchor
-        return self._families[last].head(self.anchors[last], x, pre_logits=pre_logits)
+        return self.finish(route, self.run(route, x))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self._features(x, self._stitch_id)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self._head(x, self._stitch_id, pre_logits=pre_logits)
 
     def forward(self, x: torch.Tensor, stitch_id: Optional[int] = None) -> torch.Tensor:
         """Run one stitch: `stitch_id` for this call only; else, in training, a sampled one; else the active one."""
@@ -478,7 +406,7 @@ class SNNet(SNNetFeatures, nn.Module):
             k = self.sample_stitch()
         else:
             k = self._stitch_id
-        x = self._head(self._features(x, k), k)
+        x = self.head(self._routes[k], self._features(x, k))
         if self.training and torch.is_grad_enabled() and (self.off_path == 'zero' or distributed()):
             if self.off_path == 'skip' and not tracing:
                 join_ddp(self)  # inside DDP: its buckets are all-reduced only where the sampled paths are
@@ -496,7 +424,7 @@ class SNNet(SNNetFeatures, nn.Module):
 
     def off_path_names(self, stitch_id: int) -> list[tuple[str, str]]:
         """(module, parameter) names of every parameter off config `stitch_id`'s route."""
-        on = route_names(self._routes[stitch_id], self.anchors, self._families, self._units)
+        on = self.route_names(self._routes[stitch_id])
         return [tuple(n.rsplit('.', 1)) for n, _ in self.named_parameters() if not owned(n, on)]
 
     # --- least-squares init ----------------------------------------------------------------------------------------
@@ -509,7 +437,7 @@ class SNNet(SNNetFeatures, nn.Module):
             out[-1] = x
         last = len(self._units[anchor]) if keep is None else max(keep) + 1
         for u in range(last):
-            x = self._run(anchor, x, u, u + 1)
+            x = self.run_units(anchor, x, u, u + 1)
             if keep is None or u in keep:
                 out[u] = x
         return out
@@ -594,10 +522,11 @@ class SNNet(SNNetFeatures, nn.Module):
         """Settings that change after construction, as create_model kwargs. timm reads `_model_args` when it saves,
         and that merges these in, so timm's own save_for_hf / push_to_hf_hub keep the active stitch, the sampling
         settings and the stitch table. Add new runtime settings here."""
+        explicit = self.sampler.explicit
         args = dict(**self._anchor_args, names=list(self.anchor_names),  # in the built order (`snnet` sorts them)
                     stitch_id=self._stitch_id, stitch_seed=self.stitch_seed, stitch_table=self.stitch_table,
-                    sampling_weights=self._sampling_weights if self._explicit_weights else None)
-        if self._explicit_weights:  # weights set by hand replace the constructor's sampling rule
+                    sampling_weights=self._sampling_weights if explicit else None)
+        if explicit:  # weights set by hand replace the constructor's sampling rule
             args.update(sampling='uniform', anchor_share=None)
         recorded = self.__dict__.get('_recorded_model_args', {})
         if recorded.get('pretrained_anchors'):
@@ -620,10 +549,7 @@ class SNNet(SNNetFeatures, nn.Module):
         """Config `stitch_id` as a plain timm model holding only its path's weights (see `timm_snnet._exported`)."""
         return export_stitch(self, stitch_id)
 
-    # --- timm contract ---------------------------------------------------------------------------------------------
-    def get_classifier(self) -> nn.Module:
-        return self.anchors[self._routes[self._stitch_id].last.anchor].get_classifier()
-
+    # --- timm contract (the rest: `RouteNet`) ----------------------------------------------------------------------
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None, **kwargs: Any) -> None:
         """Reset every anchor's head (`kwargs` such as ConvNeXt's `reset_other` go to the anchors that take them)."""
         for model in self.anchors:
@@ -635,10 +561,6 @@ class SNNet(SNNetFeatures, nn.Module):
                 model.reset_classifier(num_classes, global_pool, **extra)
         self._costs.clear()
         forget(self)
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -679,4 +601,4 @@ def _prefixed(anchor: int, pattern: str) -> str:
 def _sync_sample_step(module: SNNet, incompatible_keys) -> None:
     """After load_state_dict, continue the training-stitch sequence from the loaded step."""
     if not module.sample_step.is_meta:
-        module._step = int(module.sample_step)
+        module.sampler.step = int(module.sample_step)

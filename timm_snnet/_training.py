@@ -1,4 +1,5 @@
-"""Training-time behaviour of an SN-Net: stitch sampling weights and what the optimizer does off the sampled path.
+"""Training-time behaviour of an SN-Net off the sampled path: what the optimizer and DDP do there (sampling: see
+`_sampling.Sampler`).
 
 The paper's semantics (`off_path='skip'`, the default): a parameter that no training forward since the last
 optimizer step used gets no update at all (no weight decay, no momentum), as in the authors' DDP training with
@@ -55,18 +56,6 @@ def check_off_path(mode: str) -> str:
         raise ValueError(f"off_path must be 'skip' (the paper: no update off the sampled path) or 'zero' "
                          f"(zero gradients, optimizers still update), got {mode!r}")
     return mode
-
-
-def anchor_share_weights(num_anchors: int, num_configs: int, share: float) -> list[float]:
-    """Sampling weights giving the anchors `share` of the steps in all, the rest uniform over the stitches."""
-    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:
-        raise ValueError(f'anchor_share is the anchors\' total sampling probability, a number in [0, 1]; '
-                         f'got {share!r}')
-    stitches = num_configs - num_anchors
-    if stitches <= 0:
-        raise ValueError(f'anchor_share needs stitches to share the steps with; {num_configs} configs, '
-                         f'{num_anchors} anchors')
-    return [share / num_anchors] * num_anchors + [(1.0 - share) / stitches] * stitches
 
 
 def distributed() -> bool:
