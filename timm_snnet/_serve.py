@@ -860,7 +860,6 @@ def start_serve(host: str = '127.0.0.1', port: int = 8000, num_cpus: Optional[in
         raise ValueError(f'request_timeout_s must be > 0, got {request_timeout_s}')
     check_port(host, port)
     os.environ.setdefault('RAY_USAGE_STATS_ENABLED', '0')  # no usage report leaves the machine
-    os.environ.setdefault('RAY_AUTH_MODE', 'token')  # Ray's ports listen on all interfaces: every RPC needs its token
     # Ray's processes inherit these: the proxy loads `proxy_guard` (which imports torch: give it time to be ready)
     os.environ.update({'RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH': _PROXY_HOOK,
                        'TIMM_SNNET_REQUEST_TIMEOUT_S': str(request_timeout_s),
