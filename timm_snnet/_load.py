@@ -51,6 +51,7 @@ __all__ = ['WEIGHTS_NAME', 'CONFIG_NAME', 'Source', 'SNNetLoadError', 'load_snne
 _logger = logging.getLogger(__name__)
 
 WEIGHTS_NAME = 'model.safetensors'
+PICKLED_WEIGHTS_NAME = 'pytorch_model.bin'  # timm's save_for_hf without safe_serialization
 CONFIG_NAME = 'config.json'
 PathLike = Union[str, Path]
 
@@ -176,7 +177,9 @@ def check_weights(variant: str, kwargs: dict[str, Any], weights: Source) -> None
             path = hf_hub_download(repo, weights.filename, revision=revision, cache_dir=kwargs.get('cache_dir'))
     else:
         path = Path(weights.location) / weights.filename if weights.kind == 'local-dir' else Path(weights.location)
-        with load_errors(weights, variant):  # no pickled fallback (pytorch_model.bin) is ever read from a folder
+        if not path.is_file() and weights.kind == 'local-dir':  # timm's save_for_hf default: read weights-only
+            path = path.with_name(PICKLED_WEIGHTS_NAME) if path.with_name(PICKLED_WEIGHTS_NAME).is_file() else path
+        with load_errors(weights, variant):
             if not path.is_file():
                 raise FileNotFoundError(f'{path} not found')
     skip = ('pretrained', 'device', 'features_only', 'feature_cfg', 'out_indices')

@@ -14,6 +14,7 @@ Anything else raises `SNNetLoadError` naming the key and the place.
 from __future__ import annotations
 
 import inspect
+import zipfile
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
@@ -172,8 +173,20 @@ def _tensor_budget(limit: int, where: str) -> Iterator[None]:
             h.remove()
 
 
+_DTYPES = {torch.float64: 'F64', torch.float32: 'F32', torch.float16: 'F16', torch.bfloat16: 'BF16'}
+
+
 def _header(path: Path) -> dict[str, tuple[tuple[int, ...], str]]:
-    """(shape, dtype) per tensor, from the header alone (a damaged file raises safetensors' own error)."""
+    """(shape, dtype) per tensor without reading the data: a safetensors header, or a timm `pytorch_model.bin`
+    mapped (`weights_only=True`, `mmap=True`); a damaged file raises its format's own error."""
+    if path.suffix != '.safetensors':
+        if not zipfile.is_zipfile(path):
+            raise SNNetLoadError(f'{path.name} is not a torch.save checkpoint (zip format); save the model with '
+                                 f'timm_snnet.save_snnet(model, DIR) (model.safetensors)', str(path.parent), path.name)
+        state = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise SNNetLoadError(f'{path.name} is not a state dict of tensors', str(path.parent), path.name)
+        return {k: (tuple(v.shape), _DTYPES.get(v.dtype, str(v.dtype))) for k, v in state.items()}
     with safe_open(str(path), 'pt') as f:
         return {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
 
@@ -207,10 +220,6 @@ def check_weights_header(build: Callable[[], torch.nn.Module], weights: Union[st
     """Compare the safetensors header of `weights` with `build()` (a meta-device model built from `kwargs`), before
     any real build."""
     path = Path(weights)
-    if path.suffix != '.safetensors':
-        raise SNNetLoadError(f'Cannot load {where}: SN-Net weights are read from {_SAFETENSORS_NAME} only, got '
-                             f'{path.name} (pickled weights are never read from a model folder or Hub repo)',
-                             where, path.name)
     header = _header(path)
     _check_sizes(kwargs, header, where)
     with _tensor_budget(2 * len(header) + _TENSOR_SLACK, where):
