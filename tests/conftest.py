@@ -61,3 +61,31 @@ def tiny_input(name: str, batch: int = 2, seed: int = 0) -> torch.Tensor:
 @pytest.fixture(params=sorted(TINY))
 def tiny_name(request) -> str:
     return request.param
+
+
+# `make test-fast` (-m "not slow") leaves out the tests marked slow in their files (full-size models, timm's
+# test_models, ONNX, torch.compile, the benchmarks) and these `file::test` prefixes: tests that start other processes
+# (torchrun and DDP ranks, the CLI, timm's scripts or a big load as subprocesses, a Ray Serve server), run the demo
+# or the reproduction, or repeat a check over every model (each is also checked on fewer in the fast tier)
+SLOW = (
+    'test_ddp.py::', 'test_ddp_comm.py::test_ddp_hook', 'test_off_path.py::test_ddp_two_ranks',
+    'test_snnetv2.py::test_ddp_two_way', 'test_sweep_dist.py::test_two_ranks', 'test_sweep_dist.py::test_killed_rank',
+    'test_sweep_dist.py::test_resume_refuses', 'test_sweep_dist.py::test_ranks_that_see',
+    'test_first_hour.py::test_bad_input', 'test_first_hour.py::test_missing_anchor_weights',
+    'test_first_hour.py::test_import_and_commands', 'test_first_hour.py::test_init_prints',
+    'test_careless.py::test_exit_codes_as_processes', 'test_cli.py::test_run_module_runs_script',
+    'test_cli.py::test_run_console_script', 'test_distill.py::test_launcher', 'test_writes.py::test_concurrent_sweeps',
+    'test_demo.py::test_demo_runs', 'test_reproduce_smoke.py::test_pipeline_smoke',
+    'test_reproduce_smoke.py::test_study_smoke', 'test_export.py::test_compiles_without_graph_breaks',
+    'test_trust.py::test_size_is_checked_before_allocating', 'test_export.py::test_every_config_of_every_model',
+    'test_export.py::test_cli_profile_merge_select_plot', 'test_hub.py::test_publish_recipe',
+    'test_hub.py::test_push_then_hf_hub_every_family',
+)
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        # a test using test_serve.py's `server` fixture starts Ray Serve
+        if f'{item.path.name}::{item.name}'.startswith(SLOW) or (
+                item.path.name == 'test_serve.py' and 'server' in item.fixturenames):
+            item.add_marker(pytest.mark.slow)

@@ -1,5 +1,6 @@
 """The adapter base: `Family` (how to cut one timm anchor into stem, units and head), the registry, `can_stitch`,
-and the helpers several adapters share (stages from timm's feature_info, CNN stems)."""
+and what several adapters share (the input-size check, tokens to NCHW maps, stages from timm's feature_info, CNN
+stems)."""
 from __future__ import annotations
 
 import difflib
@@ -8,6 +9,7 @@ from typing import Callable, Literal, Optional, Sequence, Union
 
 import timm
 import torch
+from timm.models._input import get_model_input_config
 from torch import nn
 
 Layout = Literal['tokens', 'nhwc', 'nchw']
@@ -33,6 +35,9 @@ class Family:
     norm_names: tuple[str, ...] = ()  # the final norm that `finish` applies (and `forward_intermediates(norm=True)`)
     shared_names: tuple[str, ...] = ()  # modules without parameters that every unit of the anchor reads (Eva's RoPE)
     intermediate_fmts: tuple[str, ...] = ('NCHW',)  # output formats forward_intermediates can give
+    # what the input-size error says of a fixed-size anchor: its family and why its size is fixed
+    label: str = ''  # e.g. 'Swin'
+    fixed_size_reason: str = ''  # e.g. 'their attention windows are built for it'
 
     def units(self, model: nn.Module) -> list[Unit]:
         raise NotImplementedError
@@ -63,7 +68,14 @@ class Family:
         return 0
 
     def check_input(self, model: nn.Module, x: torch.Tensor) -> None:
-        """Raise a clear ValueError for inputs the anchor cannot take."""
+        """Raise a clear ValueError for inputs the anchor cannot take: any size but the fixed one of an anchor that
+        timm's input config says takes one size only (an override adds the family's own checks)."""
+        size, fixed = tuple(x.shape[-2:]), fixed_input_size(model)
+        if fixed is not None and size != fixed:
+            whose = f'the {self.label} anchors\'' if self.label else 'the anchors\''
+            why = f' ({self.fixed_size_reason})' if self.fixed_size_reason else ''
+            raise ValueError(f'input size {size} does not match {whose} fixed image size {fixed}{why}; build the model '
+                             f'with img_size={size[0] if size[0] == size[1] else size} or resize')
 
     def stem_taps(self, model: nn.Module) -> list[dict]:
         """timm feature_info entries that sit inside the stem (e.g. ResNet's `act1`); none by default."""
@@ -78,8 +90,14 @@ class Family:
 
     def intermediate(self, model: nn.Module, x: torch.Tensor, output_fmt: str, img_size: Sequence[int],
                      reduction: int) -> torch.Tensor:
-        """A unit's output (`reduction` of the input `img_size`) as a feature in `output_fmt` (NCHW by default)."""
-        return x.permute(0, 3, 1, 2).contiguous() if self.layout == 'nhwc' else x
+        """A unit's output (`reduction` of the input `img_size`) as a feature in `output_fmt` (NCHW by default), as
+        timm's forward_intermediates gives it: tokens without the prefix tokens, as NLC or on the patch grid."""
+        if self.layout == 'nhwc':
+            return x.permute(0, 3, 1, 2).contiguous()
+        if self.layout == 'tokens':
+            x = x[:, self.prefix_tokens(model):]
+            return x if output_fmt == 'NLC' else tokens_to_nchw(x, img_size, reduction)
+        return x
 
 
 _FAMILIES: list[Family] = []
@@ -122,6 +140,21 @@ def can_stitch(model_or_name: Union[nn.Module, str]) -> bool:
 
 
 # --- helpers shared by the adapters ---------------------------------------------------------------------------------
+def fixed_input_size(model: nn.Module) -> Optional[tuple[int, int]]:
+    """The (H, W) an anchor takes, from timm's input config, where that is its only size; None where it takes any."""
+    cfg = get_model_input_config(model)
+    return tuple(cfg['input_size'][1:]) if cfg['fixed_input_size'] else None
+
+
+def tokens_to_nchw(x: torch.Tensor, img_size: Sequence[int], reduction: int) -> torch.Tensor:
+    """Patch tokens (B, H * W, C) of an `img_size` input at `reduction` as an NCHW map: the grid rounds down (a
+    patch conv's), or up where that is the token count (padding: dynamic_img_pad, LeViT's strided convs)."""
+    h, w = (n // reduction for n in img_size)
+    if h * w != x.shape[1]:
+        h, w = (-(-n // reduction) for n in img_size)
+    return x.reshape(x.shape[0], h, w, -1).permute(0, 3, 1, 2).contiguous()
+
+
 def stage_specs(model: nn.Module, stages: Sequence[str],
                 channels_of: Optional[Callable[[int], int]] = None) -> list[tuple[int, int]]:
     """(channels, reduction) of each stage module, from timm's `feature_info`.
@@ -166,6 +199,12 @@ def stage_units(model: nn.Module, stages: Sequence[str], blocks: str = '', downs
                 out.append(Unit(s, sum(u.stage == s for u in out), tuple(modules), channels, reduction))
                 modules = []
     return out
+
+
+def block_units(model: nn.Module) -> list[Unit]:
+    """One unit per block of a one-stage model (`blocks.i`), channels and reduction from timm's `feature_info`."""
+    return [Unit(0, i, (f'blocks.{i}',), info['num_chs'], info['reduction'])
+            for i, info in enumerate(model.feature_info)]
 
 
 def children_names(model: nn.Module, name: str) -> list[str]:

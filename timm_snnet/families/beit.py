@@ -8,7 +8,7 @@ all blocks (`use_shared_rel_pos_bias=True`, a learnable table every block reads)
 import torch
 from timm.models.beit import Beit
 
-from ._base import Unit, register_family
+from ._base import Unit, block_units, register_family
 from .vit import ViTFamily
 
 
@@ -21,8 +21,7 @@ class BeitFamily(ViTFamily):
         if model.rel_pos_bias is not None:
             raise ValueError('Beit anchors with a shared relative position bias (use_shared_rel_pos_bias=True) are not '
                              'supported: its learnable table feeds every block, so no block could be cut from it')
-        return [Unit(0, i, (f'blocks.{i}',), info['num_chs'], info['reduction'])
-                for i, info in enumerate(model.feature_info)]
+        return block_units(model)
 
     def stem(self, model: Beit, x: torch.Tensor) -> torch.Tensor:
         x = model.patch_embed(x)

@@ -9,16 +9,10 @@ from ._base import CNNFamily, Unit, children_names, register_family, stage_units
 class MaxxVitFamily(CNNFamily):
     model_cls = MaxxVit
     norm_names = ('norm',)  # identity when the head holds the norm (head_hidden_size models)
+    label, fixed_size_reason = 'MaxxVit', 'their attention windows / grids are built for it'
 
     def units(self, model: MaxxVit) -> list[Unit]:
         return stage_units(model, children_names(model, 'stages'), blocks='blocks')
 
     def finish(self, model: MaxxVit, x: torch.Tensor) -> torch.Tensor:
         return model.norm(x)
-
-    def check_input(self, model: MaxxVit, x: torch.Tensor) -> None:
-        size = tuple(x.shape[-2:])
-        if size != tuple(model.img_size):
-            raise ValueError(f'input size {size} does not match the MaxxVit anchors\' fixed image size '
-                             f'{tuple(model.img_size)} (their attention windows / grids are built for it); '
-                             f'build the model with img_size={size[0]} or resize')

@@ -1,7 +1,5 @@
 """ViT / DeiT adapters over timm's VisionTransformer and VisionTransformerDistilled: tokens (B, N, C), one stage of
 equal blocks."""
-from typing import Sequence
-
 import torch
 from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
@@ -33,23 +31,6 @@ class ViTFamily(Family):
 
     def prefix_tokens(self, model: VisionTransformer) -> int:
         return model.num_prefix_tokens
-
-    def check_input(self, model: VisionTransformer, x: torch.Tensor) -> None:
-        pe = model.patch_embed
-        if pe.strict_img_size and not pe.dynamic_img_pad and tuple(x.shape[-2:]) != tuple(pe.img_size):
-            raise ValueError(f'input size {tuple(x.shape[-2:])} does not match the anchors\' fixed image size '
-                             f'{tuple(pe.img_size)}; build the model with img_size={pe.img_size[0]} or resize')
-
-    def intermediate(self, model: VisionTransformer, x: torch.Tensor, output_fmt: str, img_size: Sequence[int],
-                     reduction: int) -> torch.Tensor:
-        """Patch tokens only (prefix tokens dropped), as NLC or reshaped to NCHW, as timm's ViT gives them."""
-        x = x[:, model.num_prefix_tokens:]
-        if output_fmt == 'NLC':
-            return x
-        h, w = (n // reduction for n in img_size)
-        if h * w != x.shape[1]:  # dynamic padding rounds the grid up
-            h, w = (-(-n // reduction) for n in img_size)
-        return x.reshape(x.shape[0], h, w, -1).permute(0, 3, 1, 2).contiguous()
 
 
 @register_family

@@ -8,12 +8,11 @@ After the last unit, `finish` is timm's `forward_cls` (class token + class-atten
 as in timm's forward_intermediates, whose block features have no class token.
 """
 import math
-from typing import Sequence
 
 import torch
 from timm.models.xcit import Xcit
 
-from ._base import Family, Unit, register_family
+from ._base import Family, Unit, block_units, register_family
 
 
 @register_family
@@ -24,10 +23,10 @@ class XcitFamily(Family):
     taps = 'block'
     norm_names = ('norm',)
     intermediate_fmts = ('NCHW', 'NLC')
+    label, fixed_size_reason = 'XCiT', 'their blocks are given its patch grid'
 
     def units(self, model: Xcit) -> list[Unit]:
-        return [Unit(0, i, (f'blocks.{i}',), info['num_chs'], info['reduction'])
-                for i, info in enumerate(model.feature_info)]
+        return block_units(model)
 
     @staticmethod
     def _grid(model: Xcit, tokens: int) -> tuple[int, int]:
@@ -55,17 +54,3 @@ class XcitFamily(Family):
         if model.cls_attn_blocks is not None:
             x = model.forward_cls(x)
         return model.norm(x)
-
-    def check_input(self, model: Xcit, x: torch.Tensor) -> None:
-        size, img_size = tuple(x.shape[-2:]), tuple(model.patch_embed.img_size)
-        if size != img_size:
-            raise ValueError(f'input size {size} does not match the XCiT anchors\' fixed image size {img_size} (their '
-                             f'blocks are given its patch grid); build the model with img_size={img_size[0]} or resize')
-
-    def intermediate(self, model: Xcit, x: torch.Tensor, output_fmt: str, img_size: Sequence[int],
-                     reduction: int) -> torch.Tensor:
-        """Patch tokens as NLC, or reshaped to NCHW on the patch grid, as timm's Xcit gives them."""
-        if output_fmt == 'NLC':
-            return x
-        h, w = self._grid(model, x.shape[1])
-        return x.reshape(x.shape[0], h, w, -1).permute(0, 3, 1, 2).contiguous()

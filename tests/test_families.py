@@ -1,7 +1,8 @@
-"""More family adapters (MLP-Mixer / ResMLP / gMLP, BEiT, Swin V2, CSPNet, ...) on small real timm architectures:
-anchors equal plain timm, each stitch runs exactly its route, FLOPs equal fvcore's count of the exported stitch, the
-exported stitch equals the SN-Net's, features, and a train step touches only the sampled path (BatchNorm statistics
-included)."""
+"""Family adapters on small real timm architectures, one parametrisation over every pair of anchors: anchors equal
+plain timm, each stitch runs exactly its route, FLOPs equal fvcore's count of the exported stitch, the exported stitch
+equals the SN-Net's, features (timm's own where the taps agree), a train step touches only the sampled path
+(BatchNorm statistics included); and adapter lookup, refused variants, pretrained architectures that can stitch.
+DeiT-distilled, EVA-02 and LeViT: tests/test_families_vit.py."""
 
 import pytest
 import timm
@@ -17,13 +18,13 @@ from family_contract import (
 )
 from timm.layers import GatedMlp
 from timm.models import register_model
+from timm.models.convnext import ConvNeXt
 from timm.models.cspnet import CspStagesCfg, CspStemCfg
 from timm.models.focalnet import FocalNet, _create_focalnet
 from timm.models.mlp_mixer import Affine, MlpMixer, ResBlock, SpatialGatingBlock, _create_mixer
+from torch import nn
 
 from timm_snnet.families import can_stitch, family_for
-
-torch.set_num_threads(1)
 
 
 def _tiny(sizes, **kw):
@@ -51,8 +52,25 @@ RESMLP = dict(mlp_ratio=4, block_layer=ResBlock, norm_layer=Affine)
 GMLP = dict(mlp_ratio=6, block_layer=SpatialGatingBlock, mlp_layer=GatedMlp)
 
 
-# name -> (SNNet kwargs, input side). Anchors are real timm architectures, shrunk with anchor_kwargs.
-PAIRS = {
+# name -> (SNNet kwargs, input side). Anchors are real timm architectures, shrunk with anchor_kwargs where slow.
+# CNN families (EfficientNet, MobileNetV3, ConvNeXt, RegNet, ByobNet, ResNetV2, MetaFormer, MaxxVit), rule 'stage'
+CNN = {
+    'convnext': (dict(anchors=['convnext_atto', 'convnext_femto'], stages=(1, 2), anchor_kwargs=[
+        dict(depths=(1, 2, 2, 1), dims=(16, 32, 64, 128)), dict(depths=(1, 2, 3, 1), dims=(24, 48, 96, 192))]), 64),
+    'efficientnet': (dict(anchors=['efficientnet_b0', 'efficientnet_b1'], stages=(0, 3, 6)), 64),
+    'mobilenetv3': (dict(anchors=['mobilenetv3_small_050', 'mobilenetv3_small_100'], stages=(1, 4)), 64),
+    'regnet': (dict(anchors=['regnetx_002', 'regnetx_004'], stages=(1, 2)), 64),
+    'byobnet': (dict(anchors=['repvgg_a0', 'repvgg_a1'], stages=(0, 1)), 64),
+    'resnetv2': (dict(anchors=['resnetv2_50', 'resnetv2_101'], stages=(1, 2), anchor_kwargs=[
+        dict(layers=(1, 2, 2, 1), channels=(32, 64, 128, 256), stem_chs=16),
+        dict(layers=(1, 2, 3, 1), channels=(32, 64, 128, 256), stem_chs=16)]), 64),
+    # twins (timm's MetaFormer entries fix depths and dims): conv stage 1, attention stage 2 (blocks on tokens)
+    'metaformer': (dict(anchors=['caformer_s18', 'caformer_s18'], stages=(1, 2)), 64),
+    # nano (wider, depths 1-2-3-1) in front of pico (narrower, deeper 2-2-5-2): mapped pairs need back depth >= front
+    'maxxvit': (dict(anchors=['maxvit_rmlp_nano_rw_256', 'maxvit_rmlp_pico_rw_256'], stages=(1, 2), img_size=64), 64),
+}
+# more families (MLP-Mixer / ResMLP / gMLP, BEiT, Swin V2, CSPNet, ...)
+MORE = {
     'mixer': (dict(anchors=['tiny_test_mixer'] * 2, rule='window', img_size=32,
                    anchor_kwargs=[dict(embed_dim=16), dict(embed_dim=32)]), 32),
     # one class, two block types: ResMLP (Affine norms) in front of gMLP (spatial gating)
@@ -96,8 +114,11 @@ PAIRS = {
 # features of an anchor equal timm's own forward_intermediates (same taps)
 TIMM_FEATURES = ('mixer', 'resmlp_gmlp', 'beit', 'swinv2', 'darknet', 'mambaout', 'repvit', 'focalnet', 'fastvit',
                  'xcit', 'hgnet', 'nextvit')
-
-
+PAIRS = {**{name: (dict(kwargs, rule='stage'), side) for name, (kwargs, side) in CNN.items()}, **MORE}
+# how much of the contract a pair runs: the CNN pairs export 2 stitches, check the last stitch's features, and take a
+# train step where they have BatchNorm; the others export every stitch, check the anchors' features too, and all step
+BN = ('efficientnet', 'mobilenetv3', 'regnet', 'byobnet', 'resnetv2', 'maxxvit')
+TRAIN_STEP = BN + tuple(sorted(MORE))
 build = cached_builder(PAIRS)
 
 
@@ -115,13 +136,13 @@ def test_stitch_runs_exactly_its_route(pair):
 
 
 def test_flops_equal_fvcore_and_export_equals_stitch(pair):
-    check_flops_and_export(*build(pair), pair)
+    check_flops_and_export(*build(pair), pair, limit=2 if pair in CNN else 0)
 
 
 @torch.no_grad()
 def test_forward_intermediates(pair):
     model, x = build(pair)
-    check_features(model, x, pair, stitches(model)[-1:] + [0, 1])
+    check_features(model, x, pair, stitches(model)[-1:] + ([] if pair in CNN else [0, 1]))
     if pair in TIMM_FEATURES:  # the anchors' features are timm's own
         try:
             for i, anchor in enumerate(model.anchors):
@@ -133,8 +154,63 @@ def test_forward_intermediates(pair):
             model.set_stitch(len(model.anchors) - 1)
 
 
+@pytest.mark.parametrize('pair', TRAIN_STEP)
 def test_train_step_touches_only_the_path(pair):
     check_train_step_on_path(*build(pair), pair)
+
+
+@pytest.mark.parametrize('pair', BN)
+def test_ls_init_keeps_bn_stats(pair):
+    model, x = build(pair)
+    model.train()
+    state = {n: t.clone() for n, t in model.state_dict().items() if 'running_' in n or 'num_batches' in n}
+    model.init_stitching_layers(x.repeat(4, 1, 1, 1), num_images=8, batch_size=4, progress=False)
+    assert model.training
+    model.eval()
+    assert all(torch.equal(t, model.state_dict()[n]) for n, t in state.items())
+
+
+class _MyConvNeXt(ConvNeXt):
+    """A user subclass of a supported class."""
+
+
+class _Unsupported(nn.Module):
+    pass
+
+
+def test_family_lookup_and_can_stitch():
+    sub = _MyConvNeXt(depths=(1, 1, 1, 1), dims=(8, 8, 16, 16), num_classes=10)
+    assert family_for(sub).model_cls is ConvNeXt and can_stitch(sub)
+    with pytest.raises(TypeError, match=r'_Unsupported.*supported anchor classes: .*ConvNeXt'):
+        family_for(_Unsupported())
+    with torch.device('meta'):
+        vgg = timm.create_model('vgg11')
+    with pytest.raises(TypeError, match=r'VGG'):
+        family_for(vgg)
+    with torch.device('meta'):
+        efficientvit = timm.create_model('efficientvit_b0')
+    with pytest.raises(TypeError, match=r'EfficientVit .*nearest supported: EfficientNet'):
+        family_for(efficientvit)
+    assert can_stitch('convnext_atto') and can_stitch('efficientnet_b0') and can_stitch('mobilenetv4_conv_small')
+    assert not can_stitch('vgg11') and not can_stitch(_Unsupported())
+
+
+@pytest.mark.parametrize('pair', ['convnext', 'resnetv2', 'maxxvit', 'metaformer'])
+@torch.no_grad()
+def test_forward_intermediates_norm(pair):
+    """Families whose `finish` is a final norm (or nothing): norm=True gives the last feature that norm."""
+    model, x = build(pair)
+    final, feats = model.forward_intermediates(x, norm=True)
+    torch.testing.assert_close(feats[-1], final, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('pair', ['efficientnet', 'regnet', 'byobnet'])
+@torch.no_grad()
+def test_forward_intermediates_norm_head_conv(pair):
+    """norm=True applies the final norm only (`Family.feature_norm`), never a head conv: none of these has one."""
+    model, x = build(pair)
+    feats = model.forward_intermediates(x, norm=True, intermediates_only=True)
+    torch.testing.assert_close(feats[-1], model.forward_intermediates(x, intermediates_only=True)[-1])
 
 
 def test_refused_variants():
