@@ -49,8 +49,9 @@ lint: $(STAMP)
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.run $(if $(QUICK),--quick,) $(if $(ONLY),--only $(ONLY),)
 
-# issue #22: fixed Ti / S / B against the load-adaptive stitch on Ray Serve, Poisson load ramping up and down
-# (127.0.0.1 only; ~4 min; QUICK=1: ~1 min) -> benchmarks/results/serve.{json,md,png}
+# `timm-snnet serve-bench` on the Fashion-MNIST SN-Net: every anchor, best-fixed and the load-adaptive server on Ray
+# Serve, Poisson load ramping up and down (127.0.0.1 only; ~5 min; QUICK=1: ~2 min) -> benchmarks/results/serve.*
+# (the full-size DeiT run on a production-shaped trace: docs/serving.md)
 serve-bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m benchmarks.serve $(if $(QUICK),--quick,)
 
