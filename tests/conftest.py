@@ -74,7 +74,7 @@ SLOW = (
     'test_first_hour.py::test_bad_input', 'test_first_hour.py::test_missing_anchor_weights',
     'test_first_hour.py::test_import_and_commands', 'test_first_hour.py::test_init_prints',
     'test_careless.py::test_exit_codes_as_processes', 'test_cli.py::test_run_module_runs_script',
-    'test_cli.py::test_run_console_script', 'test_distill.py::test_launcher', 'test_writes.py::test_concurrent_sweeps',
+    'test_distill.py::test_launcher', 'test_writes.py::test_concurrent_sweeps',
     'test_demo.py::test_demo_runs', 'test_reproduce_smoke.py::test_pipeline_smoke',
     'test_reproduce_smoke.py::test_study_smoke', 'test_export.py::test_compiles_without_graph_breaks',
     'test_trust.py::test_size_is_checked_before_allocating', 'test_export.py::test_every_config_of_every_model',

@@ -41,8 +41,7 @@ def test_onnx_matches_eager(tmp_path, name, kind):
             assert torch.equal(stitch(x), model(x, stitch_id=k))
 
 
-@pytest.mark.slow
-def test_cli_export_onnx(tmp_path, capsys):
+def test_cli_export_onnx(tmp_path, capsys):  # fast tier: the ONNX path, once
     model = tiny('snnet_resnet18_swin_ti').eval()
     save_snnet(model, tmp_path / 'snnet', readme=False)
     assert main(['export', '--model', 'snnet_resnet18_swin_ti', '--checkpoint', str(tmp_path / 'snnet'),
