@@ -208,7 +208,7 @@ def test_size_is_checked_before_allocating(kind: str, saved: Path, tmp_path: Pat
     out = subprocess.run([sys.executable, '-c', _BIG, str(folder), kind], capture_output=True, text=True,
                          timeout=120, env={'HF_HUB_OFFLINE': '1', 'PATH': '/usr/bin:/bin'})
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result['s'] < 10 and time.perf_counter() - start < 60
+    assert result['s'] < 30 and time.perf_counter() - start < 120  # seconds, even on a loaded CI machine
     assert result['rss_mb'] < 1500  # three real ViT-L anchors: 4.4 GB
     expected = {'large': ('differ in shape', 'more than'), 'deep': ('larger than anything the weights file holds',),
                 'budget': ('more than',)}[kind]
