@@ -206,7 +206,8 @@ def test_size_is_checked_before_allocating(kind: str, saved: Path, tmp_path: Pat
         (folder / f).write_bytes((saved / f).read_bytes())
     start = time.perf_counter()
     out = subprocess.run([sys.executable, '-c', _BIG, str(folder), kind], capture_output=True, text=True,
-                         timeout=120, env={'HF_HUB_OFFLINE': '1', 'PATH': '/usr/bin:/bin'})
+                         timeout=120, env={'HF_HUB_OFFLINE': '1', 'PATH': '/usr/bin:/bin', 'HOME': str(tmp_path),
+                                                     'PYTHONPATH': str(Path(__file__).resolve().parents[1])})
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result['s'] < 30 and time.perf_counter() - start < 120  # seconds, even on a loaded CI machine
     assert result['rss_mb'] < 1500  # three real ViT-L anchors: 4.4 GB
