@@ -78,9 +78,16 @@ def test_features_export_and_hub_round_trip(tmp_path: Path):
         assert torch.equal(loaded(X, stitch_id=i), model(X, stitch_id=i))
 
 
+def test_default_anchors():
+    """`timm.create_model('snnet')` builds, as timm builds every listed name: its default anchors, its cfg theirs."""
+    model = timm.create_model('snnet')
+    assert model.anchor_names == ('convnext_atto', 'convnext_femto') and len(model.stitch_configs()) > 2
+    assert model.pretrained_cfg['mean'] == timm.get_pretrained_cfg('convnext_femto').mean
+
+
 def test_bad_anchors_get_clear_errors():
     with pytest.raises(TypeError, match=r"snnet needs anchors=\(name, name, ...\).*convnext_atto"):
-        timm.create_model('snnet')
+        timm.create_model('snnet', anchors='resnet50')
     with pytest.raises(TypeError, match=r'no SN-Net adapter for VGG .*(nearest supported|supported anchor)'):
         timm.create_model('snnet', anchors=('vgg11', 'vgg13'))
     with pytest.raises(ValueError, match=r'stage counts differ .*VisionTransformer.*1 stage.*ResNet.*4 stage'):

@@ -19,7 +19,8 @@ import torch
 
 TIMM_TESTS = Path(os.environ.get('TIMM_TESTS_DIR', Path(__file__).resolve().parents[1] / '.venv' / 'timm-tests'))
 NEEDS_WEIGHTS = ('test_model_load_pretrained', 'test_model_features_pretrained')
-MODELS = timm.list_models('snnet_*') + timm.list_models('snnetfam_*')  # ours, then one per adapter family
+# ours (the generic `snnet` on its default anchors too), then one per adapter family
+MODELS = timm.list_models('snnet') + timm.list_models('snnet_*') + timm.list_models('snnetfam_*')
 
 
 @lru_cache(None)
@@ -76,7 +77,8 @@ def test_timm_selection():
     common = {'test_model_forward', 'test_model_backward', 'test_model_forward_fx', 'test_model_backward_fx',
               'test_model_forward_intermediates', 'test_model_forward_intermediates_features',
               'test_prune_intermediate_layers_contract'}
-    for m in (m for m in MODELS if m.startswith('snnet_')):  # ours; the snnetfam_* follow timm's split as it is
+    ours = [m for m in MODELS if not m.startswith('snnetfam_')]  # the snnetfam_* follow timm's split as it is
+    for m in ours:
         assert common <= set(timm_tests_for(m)), m
     assert 'test_model_default_cfgs_non_std' in timm_tests_for('snnet_deit_tsb')
     assert 'test_model_default_cfgs' not in timm_tests_for('snnet_deit_tsb')

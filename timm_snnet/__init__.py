@@ -25,6 +25,7 @@ from ._load import load_snnet as load_snnet
 from ._models import DEIT3 as DEIT3
 from ._models import DEIT_TSB as DEIT_TSB
 from ._models import HF_HUB_ORG as HF_HUB_ORG
+from ._models import SNNET_DEFAULT_ANCHORS as SNNET_DEFAULT_ANCHORS
 from ._onnx import check_onnx as check_onnx
 from ._onnx import export_onnx as export_onnx
 from ._plot import plot_sweep as plot_sweep
@@ -48,8 +49,8 @@ from .families import register_family as register_family
 __version__ = '0.1.0'
 __all__ = [
     'ConversionError', 'DEIT3', 'DEIT_TSB', 'DenseError', 'ExportedStitch', 'Family', 'HF_HUB_ORG', 'ROW_KEYS', 'SNNet',
-    'SNNetError', 'SNNetLoadError', 'StitchConfig', 'build_app', 'can_stitch', 'check_onnx', 'convert',
-    'enumerate_configs',
+    'SNNET_DEFAULT_ANCHORS', 'SNNetError', 'SNNetLoadError', 'StitchConfig', 'build_app', 'can_stitch', 'check_onnx',
+    'convert', 'enumerate_configs',
     'evaluate', 'export_onnx', 'family_for', 'fetch_official', 'flops_groups', 'init_checkpoint', 'load_model',
     'load_snnet', 'load_sweep', 'measure_latency', 'pareto_front', 'plot_sweep', 'profile', 'push_snnet',
     'read_reference', 'register_family', 'ros_weights', 'save_snnet', 'select_stitch', 'set_stitch',

@@ -193,6 +193,9 @@ RESNET_18_50 = ('resnet18.tv_in1k', 'resnet50.a1_in1k')
 RESNET18_SWIN_TI = ('resnet18.tv_in1k', 'swin_tiny_patch4_window7_224.ms_in1k')
 # ConvNeXt-T/S/B (ImageNet-22k pretrained, 1k fine-tuned), stitched in stages 0-2 (ConvNeXt-S and -B share depths)
 CONVNEXT_TSB = tuple(f'convnext_{s}.fb_in22k_ft_in1k' for s in ('tiny', 'small', 'base'))
+# the generic `snnet` without `anchors=`: two small ConvNeXts of timm's own weights, so that
+# `timm.create_model('snnet')` builds, as timm (test_models.py, benchmark.py) builds every name it lists
+SNNET_DEFAULT_ANCHORS = ('convnext_atto.d2_in1k', 'convnext_femto.d1_in1k')
 # EfficientNet-B0/B1/B2 (timm's own weights), seven stages of MBConv blocks; stitched where the depths allow
 EFFICIENTNET_B0_B2 = ('efficientnet_b0.ra_in1k', 'efficientnet_b1.ft_in1k', 'efficientnet_b2.ra_in1k')
 # The paper's LeViT-192/256 SN-Net (ziplab/SN-Net `stitching_levit/`): the authors' anchors are facebookresearch/LeViT's
@@ -233,7 +236,7 @@ default_cfgs = generate_default_cfgs({
     f'snnet_swin_tsb.{OFFICIAL_TAG}in22k_ft_in1k': snnet_cfg(SWIN_TSB, url=_release('snnet_swin_tsb')),
     f'snnet_resnet.{OFFICIAL_TAG}in1k': snnet_cfg(RESNET_18_50, url=_release('snnet_resnet')),
     f'snnet_resnet18_swin_ti.{OFFICIAL_TAG}in1k': snnet_cfg(RESNET18_SWIN_TI, url=_release('snnet_resnet18_swin_ti')),
-    'snnet': _ANY_ANCHORS_CFG,
+    'snnet': snnet_cfg(SNNET_DEFAULT_ANCHORS),
     'snnet_convnext_tsb.in22k_ft_in1k': snnet_cfg(CONVNEXT_TSB),
     'snnet_efficientnet_b0_b2.in1k': snnet_cfg(EFFICIENTNET_B0_B2),
     'snnet_levit_192_256.in1k': snnet_cfg(LEVIT_192_256, hf_hub_id=f'{HF_HUB_ORG}/snnet_levit_192_256.in1k'),
@@ -302,9 +305,12 @@ def snnet(pretrained: bool = False, **kwargs: Any) -> SNNet:
     their `anchor_kwargs`, `names` and `anchor_checkpoints`. The rule is `'window'` when every anchor is one stage of
     blocks (ViT-like) and `'stage'` otherwise, stitching every stage but the last; pass `rule=` / `stages=` to choose.
     Weights: `pretrained_anchors=True` (the anchors' own timm weights), `anchor_checkpoints`, or a trained SN-Net
-    from `hf-hub:ORG/REPO` / `local-dir:DIR`, whose config.json records the anchors.
+    from `hf-hub:ORG/REPO` / `local-dir:DIR`, whose config.json records the anchors. Without `anchors`, the anchors
+    are `SNNET_DEFAULT_ANCHORS` (ConvNeXt-Atto and -Femto).
     """
     anchors = kwargs.pop('anchors', None)
+    if anchors is None:
+        anchors = SNNET_DEFAULT_ANCHORS
     if not anchors or isinstance(anchors, str) or len(anchors) < 2:
         raise TypeError(f"snnet needs anchors=(name, name, ...): two or more timm model names, e.g. "
                         f"timm.create_model('snnet', anchors=('convnext_atto', 'convnext_femto')); got {anchors!r}")
