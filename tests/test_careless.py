@@ -100,6 +100,8 @@ CARELESS = [
     ('init --model snnet_deit_tsb --data-dir {root}/missing --output {root}/i.safetensors', 'data dir not found'),
     ('plot {root}/sweep.json --reference {root}/missing.jsonl', 'a reference file not found'),
     ('run {root}/missing.py', 'no script at'),
+    ('zoo-plot snnet_deit_tsb --output {root}/z --table {root}/notes.txt', 'is not valid JSON'),
+    ('zoo-plot snnet_deit_tsb --output {png}', 'is a file: pass a folder'),
     # usage: what is missing or out of range
     ('', 'the following arguments are required: COMMAND'),
     ('swep', 'invalid choice'),
@@ -116,6 +118,8 @@ CARELESS = [
     ('configs --model snnet_deit', "unknown model 'snnet_deit'"),
     ('configs --model deit_tiny_patch16_224', 'is not an SN-Net'),
     ('coverage --top many', "invalid int value: 'many'"),
+    ('zoo-plot snnet_swin --output {root}/z', "unknown SN-Net 'snnet_swin'"),
+    ('zoo-plot snnetv2_deit3_s_b --output {root}/z', 'no published per-config top-1'),
     ('configs --nope', 'unrecognized arguments: --nope'),
 ]
 

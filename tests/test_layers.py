@@ -16,7 +16,7 @@ LAYERS = {
     'glue': ('_models',),
     'weights': ('_trust', '_convert', '_sources', '_load'),
     'tools': ('_publish', '_plot', '_onnx', '_latency', '_evaluate', '_coverage', '_serve', '_servebench', '_dist',
-              '_distill'),
+              '_distill', '_zoo'),
     'api': ('__init__',),
     'cli': ('cli',),
 }

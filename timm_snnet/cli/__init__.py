@@ -13,10 +13,10 @@ from typing import Optional, Sequence
 
 from .._errors import SNNetError
 from .._load import create_snnet
-from . import convert, coverage, export, push, scripts, serve, servebench, sweep
+from . import convert, coverage, export, push, scripts, serve, servebench, sweep, zoo
 from ._args import CommandError, Parser, add_command
 
-COMMANDS = (scripts, sweep, push, convert, export, coverage, serve, servebench)
+COMMANDS = (scripts, sweep, push, convert, export, coverage, serve, servebench, zoo)
 # what the library raises for bad input, its own errors and the built-in ones: one line `timm-snnet COMMAND: message`
 # on stderr, exit status 2
 USER_ERRORS = (SNNetError, ValueError, TypeError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError,
