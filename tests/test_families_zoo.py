@@ -1,0 +1,84 @@
+"""Family adapters of timm's wider zoo (SENet, TResNet, InceptionNeXt, EdgeNeXt, DaViT, FasterNet, EfficientFormerV2,
+SwiftFormer, EfficientViT (MIT) B and L, CPUBone, StarNet, ...) on tiny real anchors of each timm class, checked by
+tests/family_contract.py as tests/test_families.py checks the others: anchors equal plain timm, each stitch runs
+exactly its route, FLOPs equal fvcore's count of the exported stitch, the exported stitch equals the SN-Net's, a
+train step touches only the sampled path; and the pretrained architectures each adapter now takes."""
+import pytest
+from family_contract import (
+    cached_builder,
+    check_anchors_bit_equal,
+    check_flops_and_export,
+    check_runs_exactly_its_route,
+    check_train_step_on_path,
+)
+
+from timm_snnet.families import can_stitch
+
+
+def _two(arch: str, front: dict, back: dict, side: int = 64, stages=(1, 2), **common) -> tuple[dict, int]:
+    """A 'stage'-rule pair of two tiny anchors of `arch` (front shallower than back; `common`: both anchors'
+    kwargs), and the input side."""
+    kwargs = [{**common, **front}, {**common, **back}]
+    return dict(anchors=[arch] * 2, rule='stage', stages=stages, anchor_kwargs=kwargs), side
+
+
+# name -> (SNNet kwargs, input side): tiny real anchors (widths and depths shrunk with anchor_kwargs)
+PAIRS = {
+    'senet': _two('legacy_seresnet18', dict(layers=(1, 1, 2, 1)), dict(layers=(1, 2, 3, 1)), side=32),
+    'tresnet': _two('tresnet_m', dict(layers=(1, 1, 2, 1), width_factor=0.25),
+                    dict(layers=(1, 2, 3, 1), width_factor=0.25)),
+    'metanext': _two('inception_next_atto', dict(depths=(1, 1, 2, 1), dims=(16, 32, 48, 64)),
+                     dict(depths=(1, 2, 3, 1), dims=(24, 48, 72, 96))),
+    'edgenext': _two('edgenext_xx_small', dict(depths=(1, 1, 2, 1), dims=(16, 32, 48, 64), heads=(2, 2, 2, 2)),
+                     dict(depths=(1, 2, 3, 1), dims=(24, 48, 72, 96), heads=(2, 2, 2, 2))),
+    'davit': _two('davit_tiny', dict(depths=(1, 1, 2, 1), embed_dims=(16, 32, 64, 128), num_heads=(1, 2, 2, 4)),
+                  dict(depths=(1, 2, 3, 1), embed_dims=(16, 32, 64, 128), num_heads=(1, 2, 2, 4)), window_size=2),
+    'fasternet': _two('fasternet_t0', dict(depths=(1, 1, 2, 1), embed_dim=16, feature_dim=64),
+                      dict(depths=(1, 2, 3, 1), embed_dim=24, feature_dim=64)),
+    'efficientformerv2': _two('efficientformerv2_s0', dict(depths=(1, 1, 2, 2)), dict(depths=(1, 2, 3, 2)), img_size=64,
+                              embed_dims=(16, 32, 48, 64), num_vit=1, mlp_ratios=2),
+    # timm's SwiftFormer cfg fixes the input size (224)
+    'swiftformer': _two('swiftformer_xs', dict(layers=(1, 1, 2, 1), embed_dims=(8, 16, 24, 32)),
+                        dict(layers=(1, 2, 3, 1), embed_dims=(8, 16, 32, 48)), side=224),
+    'efficientvit': _two('efficientvit_b0', dict(widths=(8, 16, 24, 32, 48), depths=(1, 1, 1, 2, 1), head_dim=8,
+                                                 head_widths=(64, 80)),
+                         dict(widths=(8, 16, 24, 32, 48), depths=(1, 1, 2, 3, 1), head_dim=8, head_widths=(64, 80))),
+    'efficientvit_large': _two('efficientvit_l1', dict(widths=(8, 16, 24, 32, 48), depths=(1, 1, 1, 2, 1), head_dim=8,
+                                                       head_widths=(64, 80)),
+                               dict(widths=(8, 16, 24, 32, 48), depths=(1, 1, 2, 3, 1), head_dim=8,
+                                    head_widths=(64, 80))),
+    'cpubone': _two('cpubone_b0_bfrobust', dict(width_list=[8, 16, 24, 32, 48], depth_list=[0, 1, 2, 2, 1],
+                                                head_widths=(64, 80)),
+                    dict(width_list=[8, 16, 24, 32, 48], depth_list=[0, 1, 3, 3, 1], head_widths=(64, 80))),
+    'starnet': _two('starnet_s1', dict(base_dim=8, depths=(1, 1, 2, 1)), dict(base_dim=16, depths=(1, 2, 3, 1))),
+}
+build = cached_builder(PAIRS)
+
+
+@pytest.fixture(params=sorted(PAIRS))
+def pair(request) -> str:
+    return request.param
+
+
+def test_anchors_bit_equal_plain_timm(pair):
+    check_anchors_bit_equal(*build(pair), pair)
+
+
+def test_stitch_runs_exactly_its_route(pair):
+    check_runs_exactly_its_route(*build(pair), pair)
+
+
+def test_flops_equal_fvcore_and_export_equals_stitch(pair):
+    check_flops_and_export(*build(pair), pair, limit=2)
+
+
+def test_train_step_touches_only_the_path(pair):
+    check_train_step_on_path(*build(pair), pair)
+
+
+@pytest.mark.parametrize('arch', [
+    'legacy_seresnet18', 'legacy_senet154', 'tresnet_m', 'tresnet_v2_l', 'inception_next_atto', 'edgenext_small_rw',
+    'davit_tiny', 'fasternet_t0', 'efficientformerv2_s0', 'swiftformer_xs', 'efficientvit_b0', 'efficientvit_l1',
+    'cpubone_b0_bfrobust', 'starnet_s1'])
+def test_can_stitch_pretrained_architectures(arch):
+    assert can_stitch(arch)
