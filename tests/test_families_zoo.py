@@ -52,6 +52,23 @@ PAIRS = {
                     dict(width_list=[8, 16, 24, 32, 48], depth_list=[0, 1, 3, 3, 1], head_widths=(64, 80))),
     'starnet': _two('starnet_s1', dict(base_dim=8, depths=(1, 1, 2, 1)), dict(base_dim=16, depths=(1, 2, 3, 1))),
 }
+
+# one-stage transformers (rule 'window'): twins of two widths
+def _window(arch: str, widths=(16, 32), side: int = 32, **common) -> tuple[dict, int]:
+    kwargs = [dict(common, embed_dim=w) for w in widths]
+    return dict(anchors=[arch] * 2, rule='window', img_size=side, anchor_kwargs=kwargs), side
+
+
+PAIRS.update({
+    # class-attention blocks after the last unit (head-side)
+    'cait': _window('cait_xxs24_224', patch_size=8, depth=2, num_heads=2, depth_token_only=1),
+    'vit_relpos': _window('vit_relpos_medium_patch16_cls_224', patch_size=8, depth=2, num_heads=2),
+    'vit_relpos_rpn': _window('vit_relpos_medium_patch16_rpn_224', patch_size=8, depth=2, num_heads=2),
+    # conv stage 0, window-attention stages on NHWC maps
+    'tiny_vit': _two('tiny_vit_5m_224', dict(depths=(1, 1, 2, 1), embed_dims=(16, 32, 48, 64)),
+                     dict(depths=(1, 2, 3, 1), embed_dims=(16, 32, 64, 64)), num_heads=(1, 2, 2, 4),
+                     window_sizes=(2, 2, 2, 2)),
+})
 build = cached_builder(PAIRS)
 
 
@@ -79,6 +96,7 @@ def test_train_step_touches_only_the_path(pair):
 @pytest.mark.parametrize('arch', [
     'legacy_seresnet18', 'legacy_senet154', 'tresnet_m', 'tresnet_v2_l', 'inception_next_atto', 'edgenext_small_rw',
     'davit_tiny', 'fasternet_t0', 'efficientformerv2_s0', 'swiftformer_xs', 'efficientvit_b0', 'efficientvit_l1',
-    'cpubone_b0_bfrobust', 'starnet_s1'])
+    'cpubone_b0_bfrobust', 'starnet_s1', 'cait_xxs24_224', 'vit_relpos_base_patch16_clsgap_224',
+    'vit_relpos_base_patch32_plus_rpn_256', 'tiny_vit_5m_224'])
 def test_can_stitch_pretrained_architectures(arch):
     assert can_stitch(arch)

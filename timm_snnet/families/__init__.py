@@ -6,6 +6,7 @@ never learns what a ViT, Swin or ResNet is. Importing this package registers eve
 from . import (  # noqa: F401  (each registers its adapter)
     beit,
     byobnet,
+    cait,
     convnext,
     cpubone,
     cspnet,
@@ -37,8 +38,10 @@ from . import (  # noqa: F401  (each registers its adapter)
     swiftformer,
     swin,
     swin_v2,
+    tiny_vit,
     tresnet,
     vit,
+    vit_relpos,
     xcit,
 )
 from ._base import Family, Layout, Unit, can_stitch, family_for, register_family, registered_families
