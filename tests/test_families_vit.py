@@ -199,8 +199,10 @@ def test_distilled_head_is_timms(name):
 
 def test_eva_refuses_what_a_block_cannot_get():
     kw = FAMILIES['eva02'][0]
+    dynamic = SNNet(**{**kw, 'anchor_kwargs': [dict(a, dynamic_img_size=True) for a in kw['anchor_kwargs']]})
+    dynamic.eval()(torch.randn(1, 3, 42, 42))  # square grids of any size, or the built one
     with pytest.raises(ValueError, match='dynamic_img_size'):
-        SNNet(**{**kw, 'anchor_kwargs': [dict(a, dynamic_img_size=True) for a in kw['anchor_kwargs']]})
+        dynamic(torch.randn(1, 3, 28, 42))
     with pytest.raises(ValueError, match='learnable rotary'):
         SNNet(**{**kw, 'anchor_kwargs': [dict(a, rope_type='mixed', rope_rotate_half=False)
                                          for a in kw['anchor_kwargs']]})

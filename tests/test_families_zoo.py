@@ -64,6 +64,8 @@ PAIRS.update({
     'cait': _window('cait_xxs24_224', patch_size=8, depth=2, num_heads=2, depth_token_only=1),
     'vit_relpos': _window('vit_relpos_medium_patch16_cls_224', patch_size=8, depth=2, num_heads=2),
     'vit_relpos_rpn': _window('vit_relpos_medium_patch16_rpn_224', patch_size=8, depth=2, num_heads=2),
+    # DINOv3: RoPE with dynamic_img_size (the grid of the built size), class + 4 register tokens
+    'eva_dinov3': _window('vit_small_patch16_dinov3', patch_size=8, depth=2, num_heads=2),
     # conv stage 0, window-attention stages on NHWC maps
     'tiny_vit': _two('tiny_vit_5m_224', dict(depths=(1, 1, 2, 1), embed_dims=(16, 32, 48, 64)),
                      dict(depths=(1, 2, 3, 1), embed_dims=(16, 32, 64, 64)), num_heads=(1, 2, 2, 4),
@@ -97,6 +99,7 @@ def test_train_step_touches_only_the_path(pair):
     'legacy_seresnet18', 'legacy_senet154', 'tresnet_m', 'tresnet_v2_l', 'inception_next_atto', 'edgenext_small_rw',
     'davit_tiny', 'fasternet_t0', 'efficientformerv2_s0', 'swiftformer_xs', 'efficientvit_b0', 'efficientvit_l1',
     'cpubone_b0_bfrobust', 'starnet_s1', 'cait_xxs24_224', 'vit_relpos_base_patch16_clsgap_224',
-    'vit_relpos_base_patch32_plus_rpn_256', 'tiny_vit_5m_224'])
+    'vit_relpos_base_patch32_plus_rpn_256', 'tiny_vit_5m_224', 'vit_small_patch16_dinov3',
+    'vit_base_patch16_sapiens2'])
 def test_can_stitch_pretrained_architectures(arch):
     assert can_stitch(arch)

@@ -4,6 +4,7 @@ stems)."""
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass
 from typing import Callable, Literal, Optional, Sequence, Union
 
@@ -153,6 +154,19 @@ def tokens_to_nchw(x: torch.Tensor, img_size: Sequence[int], reduction: int) -> 
     if h * w != x.shape[1]:
         h, w = (-(-n // reduction) for n in img_size)
     return x.reshape(x.shape[0], h, w, -1).permute(0, 3, 1, 2).contiguous()
+
+
+def patch_grid(model: nn.Module, tokens: int, prefix: int = 0) -> tuple[int, int]:
+    """The patch grid (Hp, Wp) of `tokens` tokens (`prefix` of them before the patches) of a token model: the grid
+    of its built image size (`patch_embed.grid_size`) where the count is that grid's, else a square grid (a
+    dynamic-size anchor's other inputs, or a back anchor whose `patch_embed` an exported stitch pruned)."""
+    n, grid = tokens - prefix, getattr(model.patch_embed, 'grid_size', None)
+    if grid is not None and grid[0] * grid[1] == n:
+        return tuple(grid)
+    side = math.isqrt(n)
+    if side * side != n:
+        raise ValueError(f'cannot recover the patch grid of {n} tokens: not the anchor\'s built grid, nor square')
+    return side, side
 
 
 def stage_specs(model: nn.Module, stages: Sequence[str],
