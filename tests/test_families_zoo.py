@@ -4,6 +4,7 @@ tests/family_contract.py as tests/test_families.py checks the others: anchors eq
 exactly its route, FLOPs equal fvcore's count of the exported stitch, the exported stitch equals the SN-Net's, a
 train step touches only the sampled path; and the pretrained architectures each adapter now takes."""
 import pytest
+import torch
 from family_contract import (
     cached_builder,
     check_anchors_bit_equal,
@@ -12,6 +13,7 @@ from family_contract import (
     check_train_step_on_path,
 )
 
+from timm_snnet import SNNet
 from timm_snnet.families import can_stitch
 
 
@@ -71,10 +73,27 @@ PAIRS.update({
                      dict(depths=(1, 2, 3, 1), embed_dims=(16, 32, 64, 64)), num_heads=(1, 2, 2, 4),
                      window_sizes=(2, 2, 2, 2)),
 })
-build = cached_builder(PAIRS)
+# Qwen3-VL vision: no prefix tokens, RoPE per patch grid; the '_merge' classifier ends forward_features with the VLM
+# projector, the encoder (no classifier: built without num_classes) ends its forward with it
+QWEN = dict(img_size=32, patch_size=8, depth=2, num_heads=2, pos_embed_grid_size=4)
+PAIRS.update({
+    'qwen3_vit': _window('qwen3_vit_88m', **QWEN),
+    'qwen3_vit_merge': _window('qwen3_vit_88m_merge', out_features=24, **QWEN),
+})
+ENCODERS = {'qwen3_vit_enc': _window('qwen3_vit_88m_enc', out_features=24, **QWEN)}
+_build, _built = cached_builder(PAIRS), {}
 
 
-@pytest.fixture(params=sorted(PAIRS))
+def build(name: str) -> tuple[SNNet, torch.Tensor]:
+    if name not in ENCODERS:
+        return _build(name)
+    if name not in _built:
+        (kwargs, side), _ = ENCODERS[name], torch.manual_seed(0)
+        _built[name] = SNNet(**kwargs).eval(), torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(0))
+    return _built[name]
+
+
+@pytest.fixture(params=sorted(PAIRS) + sorted(ENCODERS))
 def pair(request) -> str:
     return request.param
 
@@ -100,6 +119,6 @@ def test_train_step_touches_only_the_path(pair):
     'davit_tiny', 'fasternet_t0', 'efficientformerv2_s0', 'swiftformer_xs', 'efficientvit_b0', 'efficientvit_l1',
     'cpubone_b0_bfrobust', 'starnet_s1', 'cait_xxs24_224', 'vit_relpos_base_patch16_clsgap_224',
     'vit_relpos_base_patch32_plus_rpn_256', 'tiny_vit_5m_224', 'vit_small_patch16_dinov3',
-    'vit_base_patch16_sapiens2'])
+    'vit_base_patch16_sapiens2', 'qwen3_vit_88m', 'qwen3_vit_88m_merge', 'qwen3_vit_88m_enc'])
 def test_can_stitch_pretrained_architectures(arch):
     assert can_stitch(arch)

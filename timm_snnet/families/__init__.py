@@ -29,6 +29,7 @@ from . import (  # noqa: F401  (each registers its adapter)
     mobilenetv3,
     nextvit,
     nfnet,
+    qwen3_vit,
     regnet,
     repvit,
     resnet,
