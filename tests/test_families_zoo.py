@@ -55,6 +55,19 @@ PAIRS = {
     'starnet': _two('starnet_s1', dict(base_dim=8, depths=(1, 1, 2, 1)), dict(base_dim=16, depths=(1, 2, 3, 1))),
 }
 
+PAIRS.update({
+    # one attention group (3 blocks: conv, attention, ...) in the last stage
+    'iformer': _two('iformer_m', dict(depths=(1, 1, 2, 3)), dict(depths=(1, 2, 3, 3)), dims=(16, 32, 64, 64),
+                    attn_groups=(0, 0, 0, 1)),
+    'lowformer': _two('lowformer_b0', dict(width_list=[8, 16, 24, 32, 48], depth_list=[0, 1, 2, 2, 1]),
+                      dict(width_list=[8, 16, 24, 32, 48], depth_list=[0, 1, 3, 3, 1])),
+    # timm fixes GhostNet's depths (widths differ): stages 6 and 8 have 5 and 4 blocks, single-block stages around
+    'ghostnet': (dict(anchors=['ghostnet_050', 'ghostnet_100'], rule='stage', stages=(6, 8)), 32),
+    # 64: at 32 RepGhost's last stages see all-zero maps, whose BatchNorm statistics do not move
+    'repghostnet': (dict(anchors=['repghostnet_050', 'repghostnet_058'], rule='stage', stages=(6, 8)), 64),
+})
+
+
 # one-stage transformers (rule 'window'): twins of two widths
 def _window(arch: str, widths=(16, 32), side: int = 32, **common) -> tuple[dict, int]:
     kwargs = [dict(common, embed_dim=w) for w in widths]

@@ -1,0 +1,31 @@
+"""GhostNet (v1-v3) and RepGhostNet adapters over timm's GhostNet and RepGhostNet: NCHW maps, `blocks` a Sequential
+of stages, each a Sequential of ghost bottlenecks (block 0 strides and changes width), the last stage one 1x1
+ConvBnAct. timm lists a stage in feature_info only where the stride changes after it; the others' channels are
+their last block's (a bottleneck's `ghost2.out_chs`, the ConvBnAct's conv). Pooling, `conv_head` and the classifier
+are timm's forward_head."""
+from timm.models.ghostnet import GhostNet
+from timm.models.repghost import RepGhostNet
+from torch import nn
+
+from ._base import CNNFamily, Unit, children_names, last_conv_channels, register_family, stage_specs, stage_units
+
+
+def _block_channels(block: nn.Module) -> int:
+    return block.ghost2.out_chs if hasattr(block, 'ghost2') else last_conv_channels(block)
+
+
+@register_family
+class GhostNetFamily(CNNFamily):
+    model_cls = GhostNet
+    stem_names = ('conv_stem', 'bn1', 'act1')
+
+    def units(self, model: GhostNet) -> list[Unit]:
+        stages = children_names(model, 'blocks')
+        specs = stage_specs(model, stages, lambda s: _block_channels(model.blocks[s][-1]))
+        return stage_units(model, stages, specs=specs,
+                           block_channels=lambda s, b: _block_channels(model.blocks[s][b]))
+
+
+@register_family
+class RepGhostNetFamily(GhostNetFamily):
+    model_cls = RepGhostNet
