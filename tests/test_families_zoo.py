@@ -64,6 +64,10 @@ PAIRS.update({
     # timm fixes GhostNet's depths (widths differ): stages 6 and 8 have 5 and 4 blocks, single-block stages around
     'ghostnet': (dict(anchors=['ghostnet_050', 'ghostnet_100'], rule='stage', stages=(6, 8)), 32),
     # 64: at 32 RepGhost's last stages see all-zero maps, whose BatchNorm statistics do not move
+    # 128: at 64 the last stage's map is 1x1 and its depthwise convs' BatchNorm statistics stay put (plain timm too)
+    'efficientvit_msra': _two('efficientvit_m0', dict(depth=(1, 1, 2)), dict(depth=(1, 2, 3)), stages=(1, 2),
+                              side=128, img_size=128, embed_dim=(16, 32, 48), key_dim=(8, 8, 8), num_heads=(2, 2, 2),
+                              window_size=(2, 2, 2)),
     'repghostnet': (dict(anchors=['repghostnet_050', 'repghostnet_058'], rule='stage', stages=(6, 8)), 64),
 })
 

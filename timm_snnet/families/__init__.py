@@ -15,6 +15,7 @@ from . import (  # noqa: F401  (each registers its adapter)
     efficientformer_v2,
     efficientnet,
     efficientvit_mit,
+    efficientvit_msra,
     eva,
     fasternet,
     fastvit,
