@@ -78,6 +78,39 @@ def test_features_export_and_hub_round_trip(tmp_path: Path):
         assert torch.equal(loaded(X, stitch_id=i), model(X, stitch_id=i))
 
 
+# DeiT (ImageNet's mean/std) and an AugReg ViT (0.5 / 0.5) at 16-32 channels, 32x32
+OWN_NORMS = dict(anchors=('deit_tiny_patch16_224', 'vit_tiny_patch16_224.augreg_in21k_ft_in1k'), img_size=32,
+                 anchor_kwargs=[dict(patch_size=8, embed_dim=e, depth=2, num_heads=2) for e in (16, 32)])
+
+
+def _normalise(raw: torch.Tensor, mean, std) -> torch.Tensor:
+    return (raw - torch.tensor(mean).view(-1, 1, 1)) / torch.tensor(std).view(-1, 1, 1)
+
+
+@pytest.mark.parametrize('norm', [None, ((0.5, 0.4, 0.3), (0.2, 0.25, 0.3))])
+def test_anchors_with_their_own_normalisation(norm, tmp_path):
+    """One input normalisation (the first anchor's, or one named): each anchor config equals its plain timm model on
+    the same raw image, stitches and exports run on it, and a saved model keeps it."""
+    given = {} if norm is None else dict(input_mean=norm[0], input_std=norm[1])
+    model = timm.create_model('snnet', **OWN_NORMS, **given).eval()
+    own = [(tuple(a.pretrained_cfg['mean']), tuple(a.pretrained_cfg['std'])) for a in model.anchors]
+    assert own[0] != own[1]
+    mean, std = norm or own[0]
+    assert (model.pretrained_cfg['mean'], model.pretrained_cfg['std']) == (mean, std)
+    assert sorted(model.input_conversions) == (['1'] if norm is None else ['0', '1'])
+    raw = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    x = _normalise(raw, mean, std)
+    for a in range(2):
+        plain = model.anchors[a](_normalise(raw, *own[a]))
+        torch.testing.assert_close(model(x, stitch_id=a), plain, rtol=1e-5, atol=1e-5)
+    k = model.num_configs - 1
+    torch.testing.assert_close(model.export_stitch(k).eval()(x), model(x, stitch_id=k), rtol=0, atol=1e-6)
+    save_snnet(model, tmp_path / 'repo', readme=False)
+    loaded = timm.create_model(f'local-dir:{tmp_path / "repo"}', pretrained=True).eval()
+    assert (loaded.input_mean, loaded.input_std) == (mean, std)
+    assert torch.equal(loaded(x, stitch_id=1), model(x, stitch_id=1))
+
+
 def test_default_anchors():
     """`timm.create_model('snnet')` builds, as timm builds every listed name: its default anchors, its cfg theirs."""
     model = timm.create_model('snnet')
@@ -90,10 +123,16 @@ def test_bad_anchors_get_clear_errors():
         timm.create_model('snnet', anchors='resnet50')
     with pytest.raises(TypeError, match=r'no SN-Net adapter for VGG .*(nearest supported|supported anchor)'):
         timm.create_model('snnet', anchors=('vgg11', 'vgg13'))
-    with pytest.raises(ValueError, match=r'stage counts differ .*VisionTransformer.*1 stage.*ResNet.*4 stage'):
-        timm.create_model('snnet', anchors=('deit_tiny_patch16_224', 'resnet18'))
-    with pytest.raises(ValueError, match='normalise inputs differently'):
-        timm.create_model('snnet', anchors=('deit_tiny_patch16_224', 'vit_tiny_patch16_224'))
+    with pytest.raises(ValueError, match=r"stage counts differ .*VisionTransformer.*1 stage.*ResNet.*4 stage.*"
+                                         r"join='reduction'"):
+        timm.create_model('snnet', anchors=('deit_tiny_patch16_224', 'resnet18'), join='stage')
+    with pytest.raises(ValueError, match=r'no spatial reduction is shared .*deit_tiny_patch16_224 .*\[16\]; '
+                                         r'eva02_tiny_patch14_224 .*\[14\]'):
+        timm.create_model('snnet', anchors=('deit_tiny_patch16_224', 'eva02_tiny_patch14_224'))
+    with pytest.raises(ValueError, match=r'normalises 3 input channel\(s\) \(mean \(0.485.*has 1 \(mean \(0.5,\).*'
+                                         r'cannot change the channel count'):
+        timm.create_model('snnet', anchors=('deit_tiny_patch16_224', 'vit_tiny_patch16_224'), input_mean=(0.5,),
+                          input_std=(0.5,))
     with pytest.raises(ValueError, match=r'token sequences differ \(1 and 5 class / register tokens'):
         timm.create_model('snnet', anchors=('deit_tiny_patch16_224', 'deit_small_patch16_224'), sort_anchors=False,
                           anchor_kwargs=[{}, dict(reg_tokens=4)])

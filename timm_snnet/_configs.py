@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from typing import Literal, Optional, Sequence
 
 Rule = Literal['window', 'stage', 'two_way']
+Join = Literal['stage', 'reduction']  # where anchors meet: stage to stage (the paper), or at a shared reduction
 Assignment = Literal['front_block', 'window']
 
 
@@ -127,6 +128,40 @@ def mapped_pairs(front_depth: int, back_depth: int) -> list[tuple[int, int]]:
     return [(b * front_depth // back_depth, b) for b in range(back_depth) if b > b * front_depth // back_depth]
 
 
+def junction_depths(reductions: Sequence[Sequence[int]]) -> tuple[list[int], list[list[int]]]:
+    """Stages for anchors joined by spatial reduction: one per reduction that any anchor's units run at (sorted),
+    each anchor's depth there its number of units at that reduction (0 where it has none). Units come in
+    non-decreasing reduction, as in every timm model, so each such stage is one run of an anchor's units."""
+    for a, r in enumerate(reductions):
+        if list(r) != sorted(r):
+            raise ValueError(f'anchor {a}\'s units do not run at non-decreasing reductions ({list(r)}): it cannot be '
+                             f'joined by reduction')
+    junctions = sorted({r for rs in reductions for r in rs})
+    return junctions, [[list(rs).count(j) for j in junctions] for rs in reductions]
+
+
+def choose_join(units: Sequence[Sequence[tuple[int, int]]]) -> Join:
+    """`'stage'` where every anchor has the same stages at the same reductions (the paper's stage-to-stage rule, which
+    keeps the authors' ids), `'reduction'` otherwise. `units[a]`: (stage, reduction) of each unit of anchor a."""
+    return 'stage' if len({tuple(dict(u).items()) for u in units}) == 1 else 'reduction'
+
+
+def junction_stages(depths: Sequence[Sequence[int]]) -> tuple[int, ...]:
+    """The default stages to stitch in when anchors meet by reduction: those every anchor has units in, but the
+    last stage (as the stage rule's default), unless it is the only one."""
+    common = [s for s in range(len(depths[0])) if all(d[s] for d in depths)]
+    return tuple(s for s in common if s != len(depths[0]) - 1) or tuple(common)
+
+
+def proportional_pairs(front_depth: int, back_depth: int) -> list[tuple[int, int]]:
+    """Cuts inside a stage joined by reduction: `mapped_pairs` where the back is at least as deep; a deeper front
+    leaves block a for back block b = floor((a + 1) * Lb / Lf), the same share of the stage done (1 <= b < Lb)."""
+    if front_depth <= back_depth:
+        return mapped_pairs(front_depth, back_depth)
+    pairs = [(a, (a + 1) * back_depth // front_depth) for a in range(front_depth)]
+    return [(a, b) for a, b in pairs if 1 <= b < back_depth]
+
+
 def _check_depths(depths: Sequence[Sequence[int]], stages: Sequence[int]) -> None:
     if len(depths) < 2:
         raise ValueError(f'an SN-Net needs at least 2 anchors, got {len(depths)}')
@@ -144,8 +179,11 @@ def enumerate_configs(
         rule: Rule = 'window',
         kernel_size: int = 2,
         stride: int = 1,
+        join: Join = 'stage',
 ) -> tuple[list[StitchConfig], list[LayerSpec]]:
     """All configs in the official order, and the stitching layers they use (one layer per window or front block).
+    Anchors joined by reduction (`join='reduction'`, stage rule) get one layer per stitch (a stage's blocks may differ
+    in width there) and `proportional_pairs`.
 
     Anchors come first, smallest first. Then stitches: for `rule='window'` (isotropic models) anchor pair by
     anchor pair, window by window; for `rule='stage'` stage by stage, pair by pair, back block ascending.
@@ -180,7 +218,10 @@ def enumerate_configs(
     elif rule == 'stage':
         for s in stages:
             for f, b in pairs:
-                add(f, b, s, mapped_pairs(depths[f][s], depths[b][s]), lambda j, k: j)
+                if join == 'stage':
+                    add(f, b, s, mapped_pairs(depths[f][s], depths[b][s]), lambda j, k: j)
+                elif depths[f][s] and depths[b][s]:  # joined by reduction: not where one anchor has no blocks
+                    add(f, b, s, proportional_pairs(depths[f][s], depths[b][s]), lambda j, k: (j, k))
     elif rule == 'two_way':
         return two_way_configs(depths, stages)
     else:

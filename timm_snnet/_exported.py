@@ -24,7 +24,6 @@ from ._anchors import shared_kwargs
 from ._configs import Route, Segment
 from ._routenet import RouteNet
 from ._routes import owned
-from ._stitching import create_stitching_layer
 
 __all__ = ['ExportedStitch', 'EXPORT_NAME', 'export_stitch']
 
@@ -44,6 +43,7 @@ class ExportedStitch(RouteNet):
         stitched_final_norm: a stitched route ends with its last anchor's final norm (False: SN-Net v1 DeiT).
         names, stitch_id, path: where the stitch comes from (display only).
         num_classes, in_chans, img_size: passed to every anchor (`img_size` only to fixed-size ones, as in timm).
+        input_mean, input_std: the input's normalisation (default: the first anchor's); see `RouteNet.set_input_norm`.
     """
 
     def __init__(
@@ -59,6 +59,8 @@ class ExportedStitch(RouteNet):
             num_classes: Optional[int] = None,
             in_chans: Optional[int] = None,
             img_size: Optional[Union[int, Sequence[int]]] = None,
+            input_mean: Optional[Sequence[float]] = None,
+            input_std: Optional[Sequence[float]] = None,
             device=None,
             dtype=None,
     ):
@@ -68,6 +70,7 @@ class ExportedStitch(RouteNet):
                if v is not None}
         super().__init__([timm.create_model(name, **{**kw, **shared_kwargs(name, own)}, device=device, dtype=dtype)
                           for name, kw in zip(anchors, anchor_kwargs)], stitched_final_norm)
+        self.set_input_norm(input_mean, input_std)
         self.segments = segments
         for a, start, stop in segments:
             if not 0 <= start <= stop <= len(self._units[a]):
@@ -78,10 +81,8 @@ class ExportedStitch(RouteNet):
         self._fixed_sizes = [(anchors[a], tuple(configs[a]['input_size'][1:]))
                              for a in dict.fromkeys(s[0] for s in segments[1:]) if configs[a]['fixed_input_size']]
         self._route = Route(tuple(Segment(*seg) for seg in segments), tuple(range(len(segments) - 1)))
-        self.stitch_layers = nn.ModuleList([
-            create_stitching_layer(int(spec['in_features']), int(spec['out_features']), self._families[a].layout,
-                                   self._families[b].layout, device=device, dtype=dtype)
-            for spec, (a, _, _), (b, _, _) in zip(stitch_layers, segments, segments[1:])])
+        self.stitch_layers = nn.ModuleList([self._join(spec, before, after, device, dtype)
+                                            for spec, before, after in zip(stitch_layers, segments, segments[1:])])
         self.prune_to(self.route_names(self._route))
         self.anchor_names = tuple(names or (n.split('.')[0] for n in anchors))
         self.stitch_id, self.path = stitch_id, path
@@ -90,6 +91,17 @@ class ExportedStitch(RouteNet):
     @property
     def active_route(self) -> Route:
         return self._route
+
+    def _join(self, spec: dict, before: tuple[int, int, int], after: tuple[int, int, int], device, dtype) -> nn.Module:
+        """The stitching layer between two segments, as the SN-Net built it (checked against `spec`)."""
+        if before[2] < 1:
+            raise ValueError(f'segments {list(before)} -> {list(after)}: the segment before a stitching layer runs '
+                             f'at least one unit')
+        layer = self.join_layer((before[0], before[2] - 1), (after[0], after[1] - 1), device=device, dtype=dtype)
+        if (int(spec['in_features']), int(spec['out_features'])) != (layer.weight.shape[1], layer.weight.shape[0]):
+            raise ValueError(f'stitching layer {spec} does not join these segments: their units have '
+                             f'{layer.weight.shape[1]} -> {layer.weight.shape[0]} channels')
+        return layer
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         if global_pool is None:
@@ -195,6 +207,7 @@ def export_stitch(model: nn.Module, stitch_id: int) -> ExportedStitch:
         stitched_final_norm=bool(model.stitched_final_norm), names=[model.anchor_names[a] for a in used],
         stitch_id=k, path=path, num_classes=model.num_classes, in_chans=model.in_chans,
         img_size=list(input_size[1:]) if fixed else None,
+        input_mean=list(model.input_mean), input_std=list(model.input_std),
     )
     source = getattr(model, 'pretrained_cfg', None) or model.anchors[route.last.anchor].pretrained_cfg
     arch = source.get('architecture', type(model).__name__)

@@ -97,8 +97,9 @@ def stitching_layer_cost(layer: nn.Module, rows: int) -> tuple[int, int]:
     """A Linear or 1x1 conv stitching layer: rows * in * out multiply-adds (fvcore leaves the bias out).
 
     Params are those of the dense layer it runs as (a low-rank layer's merged weight and bias)."""
-    weight = layer.weight
-    return rows * weight.shape[0] * weight.shape[1], weight.numel() + layer.bias.numel()
+    weight, prefix = layer.weight, getattr(layer, 'prefix', None)  # a token back's learnt prefix tokens
+    params = weight.numel() + layer.bias.numel() + (0 if prefix is None else prefix.numel())
+    return rows * weight.shape[0] * weight.shape[1], params
 
 
 def meta_flops(model: nn.Module) -> int:

@@ -18,6 +18,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, get_pretrai
 from timm.models._input import update_model_args
 from torch import nn
 
+from ._configs import choose_join, junction_depths, junction_stages
 from ._dense import create_features, wants_getter
 from ._errors import Mismatch
 from ._exported import EXPORT_NAME, ExportedStitch
@@ -91,15 +92,13 @@ def _anchor_layers(cfgs: list[dict[str, Any]]) -> dict[str, tuple[str, ...]]:
 
 def snnet_cfg(anchors: tuple[str, ...], **kwargs: Any) -> dict[str, Any]:
     """A cfg naming every anchor's layers, with the anchors' eval transform (the largest anchor's crop, size and
-    interpolation)."""
+    interpolation) and the first anchor's normalisation (the SN-Net's input; other anchors convert it)."""
     cfgs = [get_pretrained_cfg(a) for a in anchors]
-    if len({(tuple(c.mean), tuple(c.std)) for c in cfgs}) > 1:
-        raise ValueError(f'anchors {anchors} normalise inputs differently; they cannot share one input')
-    last = cfgs[-1]
+    first, last = cfgs[0], cfgs[-1]
     return {
         'num_classes': 1000, 'input_size': last.input_size, 'pool_size': last.pool_size, 'crop_pct': last.crop_pct,
         'interpolation': last.interpolation, 'fixed_input_size': any(c.fixed_input_size for c in cfgs),
-        'mean': last.mean, 'std': last.std, 'license': 'apache-2.0', 'hf_hub_filename': 'model.safetensors',
+        'mean': first.mean, 'std': first.std, 'license': 'apache-2.0', 'hf_hub_filename': 'model.safetensors',
         'paper_ids': 'arXiv:2302.06586', 'paper_name': 'Stitchable Neural Networks',
         'notes': ('anchors: ' + ', '.join(anchors),), **_anchor_layers([c.to_dict() for c in cfgs]),
         **kwargs,
@@ -110,7 +109,7 @@ def snnet_cfg(anchors: tuple[str, ...], **kwargs: Any) -> dict[str, Any]:
 # model's timm model_args
 ARCH_ARGS = ('anchors', 'anchor_kwargs', 'rule', 'stages', 'kernel_size', 'stride', 'layer_assignment',
               'stitched_final_norm', 'stitch_seed', 'sampling', 'flops_gap', 'stitch_rank', 'anchor_share',
-              'off_path')
+              'off_path', 'input_mean', 'input_std', 'join')
 # create_model kwargs that shape the tensors: a conversion is built with them, and they key its cache folder
 SHAPE_ARGS = ('img_size', *ARCH_ARGS[:6])
 
@@ -179,7 +178,10 @@ def _model_args(defaults: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, A
 def create_from_anchors(variant: str, pretrained: bool, defaults: dict[str, Any], kwargs: dict[str, Any]) -> SNNet:
     """Build, then name the layers of the anchors actually built (a custom `anchors=` list included)."""
     model = _create_snnet(variant, pretrained, **_model_args(defaults, kwargs))
-    model.pretrained_cfg.update(_anchor_layers([m.pretrained_cfg for m in _inner(model).anchors]))
+    inner = _inner(model)
+    model.pretrained_cfg.update(_anchor_layers([m.pretrained_cfg for m in inner.anchors]))
+    if kwargs.get('input_mean') is not None or kwargs.get('input_std') is not None:  # the input normalisation named
+        model.pretrained_cfg.update(mean=inner.input_mean, std=inner.input_std)
     return model
 
 
@@ -286,15 +288,16 @@ def _as_list(value: Any, n: int) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value] * n
 
 
-def plan_anchors(anchors: Sequence[str], anchor_kwargs: Any = None) -> tuple[list[int], list[int], list[int]]:
-    """(order by FLOPs, multiply-adds, stage count) of timm anchors, each built on the meta device."""
-    flops, stages = [], []
+def plan_anchors(anchors: Sequence[str], anchor_kwargs: Any = None) -> tuple[list[int], list[int], list[list]]:
+    """(order by FLOPs, multiply-adds, (stage, reduction) of each unit) of timm anchors, each built on the meta
+    device."""
+    flops, units = [], []
     for name, kw in zip(anchors, _as_list(anchor_kwargs or {}, len(anchors))):
         with torch.device('meta'):
             model = timm.create_model(name, **kw).eval()
         flops.append(meta_flops(model))
-        stages.append(len({u.stage for u in family_for(model).units(model)}))
-    return sorted(range(len(anchors)), key=lambda i: flops[i]), flops, stages
+        units.append([(u.stage, u.reduction) for u in family_for(model).units(model)])
+    return sorted(range(len(anchors)), key=lambda i: flops[i]), flops, units
 
 
 @register_model
@@ -302,8 +305,10 @@ def snnet(pretrained: bool = False, **kwargs: Any) -> SNNet:
     """SN-Net over any timm anchors: `timm.create_model('snnet', anchors=('convnext_atto', 'convnext_femto'))`.
 
     The anchors (timm names, tags allowed) are ordered by FLOPs (`sort_anchors=False` keeps the given order), with
-    their `anchor_kwargs`, `names` and `anchor_checkpoints`. The rule is `'window'` when every anchor is one stage of
-    blocks (ViT-like) and `'stage'` otherwise, stitching every stage but the last; pass `rule=` / `stages=` to choose.
+    their `anchor_kwargs`, `names` and `anchor_checkpoints`. Anchors with the same stages at the same reductions meet
+    stage to stage (the paper); other families meet where their resolutions do (`join='reduction'`, see `SNNet`).
+    The rule is `'window'` when every anchor is one stage of blocks (ViT-like) and `'stage'` otherwise, stitching
+    every stage (every shared reduction) but the last; pass `rule=` / `stages=` to choose.
     Weights: `pretrained_anchors=True` (the anchors' own timm weights), `anchor_checkpoints`, or a trained SN-Net
     from `hf-hub:ORG/REPO` / `local-dir:DIR`, whose config.json records the anchors. Without `anchors`, the anchors
     are `SNNET_DEFAULT_ANCHORS` (ConvNeXt-Atto and -Femto).
@@ -319,12 +324,17 @@ def snnet(pretrained: bool = False, **kwargs: Any) -> SNNet:
             (kwargs.get('pretrained_cfg_overlay') or {}).get(k) for k in ('file', 'url', 'hf_hub_id', 'state_dict')):
         raise ValueError("the generic snnet has no published weights: pass pretrained_anchors=True for the anchors' "
                          "own timm weights, or load a trained SN-Net with 'hf-hub:ORG/REPO' or 'local-dir:DIR'")
-    order, _, stages = plan_anchors(anchors, kwargs.get('anchor_kwargs'))
+    order, _, units = plan_anchors(anchors, kwargs.get('anchor_kwargs'))
     if kwargs.pop('sort_anchors', True) and order != sorted(order):
-        anchors = [anchors[i] for i in order]
+        anchors, units = [anchors[i] for i in order], [units[i] for i in order]
         for key in _ANCHOR_LISTS:
             if isinstance(kwargs.get(key), (list, tuple)):
                 kwargs[key] = [kwargs[key][i] for i in order]
+    if kwargs.setdefault('join', choose_join(units)) == 'reduction':  # families that meet where resolutions do
+        kwargs.setdefault('rule', 'stage')
+        if 'stages' not in kwargs:
+            kwargs['stages'] = junction_stages(junction_depths([[r for _, r in u] for u in units])[1])
+    stages = [len({s for s, _ in u}) for u in units]
     rule = kwargs.setdefault('rule', 'window' if max(stages) == 1 else 'stage')
     if rule == 'stage' and 'stages' not in kwargs:
         kwargs['stages'] = tuple(range(max(min(stages) - 1, 1)))

@@ -11,18 +11,56 @@ from __future__ import annotations
 from typing import Callable, Optional, Sequence
 
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models._input import get_model_input_config
 from timm.models._manipulate import checkpoint
 from torch import nn
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing as is_fx_tracing
 
 from ._configs import Route
 from ._routes import owned, prune
+from ._stitching import create_stitching_layer
 from .families import Family, Unit, family_for
 
-__all__ = ['RouteNet', 'Visit']
+__all__ = ['InputConversion', 'RouteNet', 'Visit', 'input_norm']
 
+Norm = tuple[tuple[float, ...], tuple[float, ...]]  # an input normalisation: (mean, std) per channel
 # after each unit: (segment index, unit index, activation) -> True to stop the walk there
 Visit = Callable[[int, int, torch.Tensor], bool]
+
+
+def input_norm(anchor: nn.Module) -> Norm:
+    """An anchor's own input normalisation (mean, std) from its timm pretrained_cfg (ImageNet's where it has none)."""
+    cfg = getattr(anchor, 'pretrained_cfg', None) or {}
+    mean, std = cfg.get('mean', IMAGENET_DEFAULT_MEAN), cfg.get('std', IMAGENET_DEFAULT_STD)
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+class InputConversion(nn.Module):
+    """Re-normalise an input from one mean/std to an anchor's own, per channel: `x * scale + shift` with
+    scale = std_in / std and shift = (mean_in - mean) / std (exact up to float rounding)."""
+
+    def __init__(self, source: Norm, target: Norm):
+        super().__init__()
+        (m_in, s_in), (m, s) = source, target
+        self.values = (tuple(si / sa for si, sa in zip(s_in, s)),
+                       tuple((mi - ma) / sa for mi, ma, sa in zip(m_in, m, s)))
+        self.register_buffer('scale', torch.empty(len(m), 1, 1), persistent=False)
+        self.register_buffer('shift', torch.empty(len(m), 1, 1), persistent=False)
+        self.init_non_persistent_buffers()
+
+    def init_non_persistent_buffers(self) -> None:
+        """Fill the buffers from the two normalisations (timm's `reinit_non_persistent_buffers` calls it)."""
+        if not self.scale.is_meta:
+            for name, values in zip(('scale', 'shift'), self.values):
+                buf = getattr(self, name)
+                buf.copy_(torch.tensor(values, dtype=torch.float64).view(-1, 1, 1).to(buf.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.shift, x, self.scale)
+
+    def extra_repr(self) -> str:
+        return f'scale={[round(v, 4) for v in self.values[0]]}, shift={[round(v, 4) for v in self.values[1]]}'
 
 
 class RouteNet(nn.Module):
@@ -41,6 +79,66 @@ class RouteNet(nn.Module):
         self._units: list[list[Unit]] = [f.units(m) for f, m in zip(self._families, self.anchors)]
         self.stitched_final_norm = stitched_final_norm
         self.grad_checkpointing = False
+        self.input_conversions = nn.ModuleDict()  # anchor index -> InputConversion, where its own mean/std differ
+        self.input_mean, self.input_std = input_norm(self.anchors[0])
+
+    def set_input_norm(self, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+                       in_chans: Optional[int] = None) -> None:
+        """The one normalisation this model's input has (default: its first anchor's). Each anchor whose own differs
+        in value gets a fixed affine conversion ahead of its stem, so that each anchor sees what it was trained on."""
+        first = input_norm(self.anchors[0])
+        mean, std = (tuple(float(v) for v in given) if given is not None else own
+                     for given, own in zip((mean, std), first))
+        if len(mean) != len(std) or not all(v > 0 for v in std):
+            raise ValueError(f'input normalisation needs one mean and one positive std per channel, got mean {mean} '
+                             f'and std {std}')
+        conversions = {}
+        for i, anchor in enumerate(self.anchors):
+            own = input_norm(anchor)
+            if len(own[0]) != len(mean):
+                raise ValueError(
+                    f'anchor {i} ({type(anchor).__name__}) normalises {len(own[0])} input channel(s) (mean {own[0]}, '
+                    f'std {own[1]}) and the SN-Net\'s input has {len(mean)} (mean {mean}, std {std}): a conversion '
+                    f'cannot change the channel count; use anchors of one input format')
+            if own != (mean, std):
+                conversions[str(i)] = InputConversion((mean, std), own)
+        if conversions and in_chans is not None and in_chans != len(mean):
+            norms = '; '.join(f'mean {m} std {s}' for m, s in map(input_norm, self.anchors))
+            raise ValueError(f'the anchors normalise their inputs differently ({norms}), '
+                             f'which is converted per channel, but the input has {in_chans} channel(s) and the '
+                             f'normalisation {len(mean)}: use anchors with one normalisation for in_chans={in_chans}')
+        self.input_mean, self.input_std = mean, std
+        self.input_conversions = nn.ModuleDict(conversions)
+
+    def _describe_anchor(self, i: int) -> str:
+        names = getattr(self, 'anchor_names', None)
+        name = names[i] if names else self.anchors[i].pretrained_cfg.get('architecture', f'anchor {i}')
+        return f'{name} ({type(self.anchors[i]).__name__}, {self._families[i].layout})'
+
+    def join_layer(self, front: tuple[int, int], back: tuple[int, int], rank: int = 0, device=None,
+                   dtype=None) -> nn.Module:
+        """The stitching layer from the output of unit `front` = (anchor, unit) to the input of the unit after `back`
+        (it stands in for that unit's output; -1: the stem's): both at one spatial reduction; any two layouts (see
+        `create_stitching_layer`)."""
+        (fa, fu), (ba, bu) = front, back
+        f, b = self._units[fa][fu], self._units[ba][max(bu, 0)]  # unit -1, the stem (window rule): block 0's width
+        ff, fb = self._families[fa], self._families[ba]
+        where = f'cannot stitch {self._describe_anchor(fa)} onto {self._describe_anchor(ba)}'
+        if f.reduction != b.reduction:
+            raise ValueError(f'{where}: the front runs at 1/{f.reduction} resolution, the back at 1/{b.reduction}')
+        prefix = tuple(fam.prefix_tokens(self.anchors[a]) if fam.layout == 'tokens' else 0
+                       for fam, a in ((ff, fa), (fb, ba)))
+        if ff.layout == fb.layout == 'tokens' and prefix[0] != prefix[1]:
+            raise ValueError(f'{where}: their token sequences differ ({prefix[0]} and {prefix[1]} class / register '
+                             f'tokens before the patches)')
+        grid = None
+        if ff.layout == 'tokens' and fb.layout != 'tokens':  # tokens laid on a map: the front's patch grid
+            grid = tuple(n // f.reduction for n in get_model_input_config(self.anchors[fa])['input_size'][1:])
+        try:
+            return create_stitching_layer(f.channels, b.channels, ff.layout, fb.layout, device, dtype, rank=rank,
+                                          grid=grid, prefix=prefix)
+        except ValueError as e:
+            raise ValueError(f'{where}: {e}') from e
 
     @property
     def families(self) -> tuple[Family, ...]:
@@ -69,6 +167,13 @@ class RouteNet(nn.Module):
             for anchor in dict.fromkeys(s.anchor for s in route.segments):
                 self._families[anchor].check_input(self.anchors[anchor], x)
 
+    def stem(self, anchor: int, x: torch.Tensor) -> torch.Tensor:
+        """An anchor's stem on the model's input, re-normalised first where the anchor's own normalisation differs."""
+        key = str(anchor)
+        if key in self.input_conversions:
+            x = self.input_conversions[key](x)
+        return self._families[anchor].stem(self.anchors[anchor], x)
+
     def run_units(self, anchor: int, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         """Units [start, stop) of one anchor, each module through its family (`Family.run_module`)."""
         family, model = self._families[anchor], self.anchors[anchor]
@@ -87,7 +192,7 @@ class RouteNet(nn.Module):
 
         With `visit`, units run one at a time and the walk stops after the unit where it returns True."""
         if stem:
-            x = self._families[route.first.anchor].stem(self.anchors[route.first.anchor], x)
+            x = self.stem(route.first.anchor, x)
         for s, seg in enumerate(route.segments):
             if s:
                 x = self.stitch_layers[route.layers[s - 1]](x)

@@ -16,14 +16,24 @@ from torch.fx._symbolic_trace import is_fx_symbolic_tracing as is_fx_tracing
 from tqdm.auto import tqdm
 
 from ._anchors import create_anchor, load_anchor_checkpoints, parse_anchor_checkpoints, shared_kwargs
-from ._configs import Route, Rule, Segment, StitchConfig, assign_layers, enumerate_configs
+from ._configs import (
+    Join,
+    Route,
+    Rule,
+    Segment,
+    StitchConfig,
+    assign_layers,
+    enumerate_configs,
+    junction_depths,
+    junction_stages,
+)
 from ._exported import export_stitch
 from ._features import SNNetFeatures
 from ._flops import AnchorCosts, anchor_costs, stitching_layer_cost
 from ._routes import owned
 from ._sampling import Sampler, Sampling, ros_weights
 from ._selection import select_stitch
-from ._stitching import LeastSquares, average_affine, create_stitching_layer, to_rows
+from ._stitching import LeastSquares, average_affine, stitch_rows
 from ._training import JoinOffPath, check_off_path, distributed, forget, join_ddp, ledger
 from ._utils import eval_mode
 from .families import Unit
@@ -80,7 +90,10 @@ class SNNet(SNNetFeatures):
         names: short display names of the anchors (e.g. `('Ti', 'S', 'B')`).
         rule: `'window'` (isotropic models: sliding window over block ids), `'stage'` (hierarchical models) or
             `'two_way'` (SN-Netv2: two anchors, small -> large, large -> small and round trips).
-        stages: stages to stitch in (`'stage'` rule).
+        stages: stages to stitch in (`'stage'` rule); with `join='reduction'`, indices into `junctions`.
+        join: `'stage'` (the paper: anchors meet stage to stage, with equal stage counts) or `'reduction'` (any two
+            families: one stage per spatial reduction that the anchors' units run at, `junctions`; an anchor has no
+            blocks in the stages of reductions it skips; one stitching layer per stitch).
         kernel_size, stride: the sliding window (`'window'` rule).
         layer_assignment: stitching layer of each stitch, in config order; default one layer per window/front block.
         stitch_id: active config at start; default the largest anchor.
@@ -101,6 +114,8 @@ class SNNet(SNNetFeatures):
             `.safetensors` file, `hf-hub:`/`local-dir:` timm model, or None; loaded strictly (see `_anchors`).
         num_classes, in_chans, drop_rate, drop_path_rate, global_pool: passed to every anchor.
         img_size: passed to the anchors with a fixed input size (timm's rule for `img_size`).
+        input_mean, input_std: the normalisation of the SN-Net's input (default: the first anchor's). An anchor whose
+            own differs in value is fed a fixed affine re-normalisation (`RouteNet.set_input_norm`).
     """
 
     def __init__(
@@ -110,6 +125,7 @@ class SNNet(SNNetFeatures):
             names: Optional[Sequence[str]] = None,
             rule: Rule = 'window',
             stages: Sequence[int] = (0,),
+            join: Join = 'stage',
             kernel_size: int = 2,
             stride: int = 1,
             layer_assignment: Optional[Sequence[int]] = None,
@@ -131,6 +147,8 @@ class SNNet(SNNetFeatures):
             drop_path_rate: float = 0.,
             global_pool: Optional[str] = None,
             img_size: Optional[Union[int, Sequence[int]]] = None,
+            input_mean: Optional[Sequence[float]] = None,
+            input_std: Optional[Sequence[float]] = None,
             device=None,
             dtype=None,
     ):
@@ -138,23 +156,26 @@ class SNNet(SNNetFeatures):
                       global_pool=global_pool, img_size=img_size, device=device, dtype=dtype)
         super().__init__(_build_anchors(anchors, anchor_kwargs, pretrained_anchors, anchor_checkpoints, common),
                          stitched_final_norm)
+        self.set_input_norm(input_mean, input_std, in_chans)
         self._anchor_args = dict(anchors=tuple(anchors), anchor_kwargs=anchor_kwargs)  # as built: see live_model_args
         self.anchor_names = tuple(names or (n.split('.')[0] for n in anchors))
         if len(self.anchor_names) != len(anchors):
             raise ValueError(f'{len(self.anchor_names)} names for {len(anchors)} anchors')
         self.in_chans = in_chans
 
-        depths = [self._stage_depths(u) for u in self._units]
-        self._check_stages(depths)
-        configs, layers = enumerate_configs(depths, stages, rule, kernel_size, stride)
+        depths = self._join_depths(join, stages)
+        configs, layers = enumerate_configs(depths, stages, rule, kernel_size, stride, join)
         if layer_assignment is not None:
             configs, layers = assign_layers(configs, layers, list(layer_assignment))
         self._configs, self._depths = configs, depths
         if isinstance(stitch_rank, bool) or not isinstance(stitch_rank, int) or stitch_rank < 0:
             raise ValueError(f'stitch_rank must be an integer >= 0 (0: dense stitching layers), got {stitch_rank!r}')
         self.stitch_rank = stitch_rank
-        self.stitch_layers = nn.ModuleList([self._make_layer(s.front, s.back, s.stage, device, dtype) for s in layers])
         self._routes = [self._route(c) for c in configs]
+        joins = {layer: ((a.anchor, a.stop - 1), (b.anchor, b.start - 1))
+                 for route in reversed(self._routes) for layer, a, b in route.joins()}  # each layer's first join
+        self.stitch_layers = nn.ModuleList([self.join_layer(*joins[i], rank=stitch_rank, device=device, dtype=dtype)
+                                            for i in range(len(layers))])
 
         self.off_path = check_off_path(off_path)
         self.sampler = Sampler([r.is_complete for r in self._routes], stitch_seed, sampling, flops_gap,
@@ -181,35 +202,34 @@ class SNNet(SNNetFeatures):
     def _unit_index(self, anchor: int, stage: int, block: int) -> int:
         return sum(self._depths[anchor][:stage]) + block
 
-    def _cut(self, anchor: int, stage: int, block: int) -> Unit:
-        return self._units[anchor][self._unit_index(anchor, stage, block)]
-
-    def _describe_anchor(self, i: int) -> str:
-        return f'{self.anchor_names[i]} ({type(self.anchors[i]).__name__}, {self._families[i].layout})'
-
-    def _check_stages(self, depths: list[list[int]]) -> None:
-        """Anchors stitch stage to stage: they need the same number of stages."""
-        if len({len(d) for d in depths}) > 1:
-            listing = '; '.join(f'{self._describe_anchor(i)}: {len(d)} stage(s) of depths {d}'
-                                for i, d in enumerate(depths))
-            raise ValueError(f'these anchors cannot be stitched: their stage counts differ ({listing}). Stitch '
-                             f'anchors of one family, or families with the same stages (e.g. ResNet -> Swin)')
-
-    def _make_layer(self, front: int, back: int, stage: int, device, dtype) -> nn.Module:
-        f, b = self._cut(front, stage, 0), self._cut(back, stage, 0)
-        where = f'cannot stitch {self._describe_anchor(front)} onto {self._describe_anchor(back)} in stage {stage}'
-        if f.reduction != b.reduction:
-            raise ValueError(f'{where}: the front runs at 1/{f.reduction} resolution, the back at 1/{b.reduction}')
-        ff, fb = self._families[front], self._families[back]
-        if ff.layout == fb.layout == 'tokens' and ff.prefix_tokens(self.anchors[front]) != fb.prefix_tokens(
-                self.anchors[back]):
-            raise ValueError(f'{where}: their token sequences differ ({ff.prefix_tokens(self.anchors[front])} and '
-                             f'{fb.prefix_tokens(self.anchors[back])} class / register tokens before the patches)')
-        try:
-            return create_stitching_layer(f.channels, b.channels, ff.layout, fb.layout, device, dtype,
-                                          rank=self.stitch_rank)
-        except ValueError as e:
-            raise ValueError(f'{where}: {e}') from e
+    def _join_depths(self, join: Join, stages: Sequence[int]) -> list[list[int]]:
+        """Each anchor's depth per stage: its own stages (`join='stage'`, equal counts), or one stage per spatial
+        reduction its units run at (`'reduction'`: `junctions`)."""
+        if join == 'stage':
+            depths = [self._stage_depths(u) for u in self._units]
+            if len({len(d) for d in depths}) > 1:
+                listing = '; '.join(f'{self._describe_anchor(i)}: {len(d)} stage(s) of depths {d}'
+                                    for i, d in enumerate(depths))
+                raise ValueError(f"these anchors cannot be stitched stage to stage: their stage counts differ "
+                                 f"({listing}). Join them where their resolutions meet: join='reduction' (the "
+                                 f"generic snnet does it by itself)")
+            self.junctions = None
+            return depths
+        if join != 'reduction':
+            raise ValueError(f"unknown join {join!r}: valid joins are 'stage' and 'reduction'")
+        self.junctions, depths = junction_depths([[u.reduction for u in units] for units in self._units])
+        shared = junction_stages(depths)
+        if not shared or not all(d[shared[0]] for d in depths):
+            listing = '; '.join(f'{self._describe_anchor(i)}: {sorted({u.reduction for u in units})}'
+                                for i, units in enumerate(self._units))
+            raise ValueError(f'these anchors cannot be stitched: no spatial reduction is shared by all of them '
+                             f'(reductions per anchor: {listing}); a stitching layer joins activations of one size')
+        bad = [s for s in stages if not (0 <= s < len(self.junctions) and all(d[s] for d in depths))]
+        if bad:
+            raise ValueError(f'stages {bad} are not shared by every anchor: with join=\'reduction\' a stage is a '
+                             f'reduction ({dict(enumerate(self.junctions))}), and the anchors share stages '
+                             f'{[s for s in range(len(depths[0])) if all(d[s] for d in depths)]}')
+        return depths
 
     def _route(self, c: StitchConfig) -> Route:
         """The segments a config runs: the front's stem and units up to block j, then the back's from block k."""
@@ -359,11 +379,10 @@ class SNNet(SNNetFeatures):
             param = next(self.parameters())
             x = torch.zeros(1, *input_size, device=param.device, dtype=param.dtype)
             with eval_mode(self), torch.no_grad():  # BatchNorm must not learn the zero image's statistics
-                rows = [{u: to_rows(a, self._families[i].layout).shape[0] for u, a in self._activations(i, x).items()}
-                        for i in range(len(self.anchors))]
+                acts = [self._activations(i, x) for i in range(len(self.anchors))]
             inputs = {layer: (seg.anchor, seg.stop - 1) for r in self._routes for layer, seg, _ in r.joins()}
-            layer_costs = [stitching_layer_cost(layer, rows[inputs[i][0]][inputs[i][1]])
-                           for i, layer in enumerate(self.stitch_layers)]
+            layer_costs = [stitching_layer_cost(layer, self._rows(i, inputs[i], acts[inputs[i][0]][inputs[i][1]], 'in')
+                                                .shape[0]) for i, layer in enumerate(self.stitch_layers)]
             self._costs[key] = (costs, layer_costs)
         return self._costs[key]
 
@@ -430,9 +449,8 @@ class SNNet(SNNetFeatures):
     # --- least-squares init ----------------------------------------------------------------------------------------
     def _activations(self, anchor: int, x: torch.Tensor, keep: Optional[set] = None) -> dict[int, torch.Tensor]:
         """Outputs of the stem (key -1) and of each unit (key = global unit index) of one anchor."""
-        model, family = self.anchors[anchor], self._families[anchor]
         out = {}
-        x = family.stem(model, x)
+        x = self.stem(anchor, x)
         if keep is None or -1 in keep:
             out[-1] = x
         last = len(self._units[anchor]) if keep is None else max(keep) + 1
@@ -441,6 +459,10 @@ class SNNet(SNNetFeatures):
             if keep is None or u in keep:
                 out[u] = x
         return out
+
+    def _rows(self, layer: int, cut: tuple[int, int], act: torch.Tensor, side: str) -> torch.Tensor:
+        """Least-squares rows of the activation at `cut` as stitching layer `layer` reads or writes it."""
+        return stitch_rows(self.stitch_layers[layer], act, self._families[cut[0]].layout, side)
 
     def _ls_pairs(self) -> list[tuple[int, int, tuple[int, int], tuple[int, int]]]:
         """(config id, layer, front cut, back cut) for each join: the layer maps the output of the last unit before it
@@ -467,15 +489,21 @@ class SNNet(SNNetFeatures):
         for _, _, (f, fu), (b, bu) in pairs:
             keep.setdefault(f, set()).add(fu)
             keep.setdefault(b, set()).add(bu)
-        ls, seen = LeastSquares(), 0
+        ls, seen, prefixes = LeastSquares(), 0, {}
         param = next(self.parameters())
         with eval_mode(self), tqdm(total=num_images, desc='LS init', unit='img', disable=not progress) as bar:
             for images in _image_batches(data, num_images, batch_size):
                 images = images.to(device=param.device, dtype=param.dtype)
                 acts = {a: self._activations(a, images, cuts) for a, cuts in keep.items()}
-                xs = {fc: to_rows(acts[fc[0]][fc[1]], self._families[fc[0]].layout) for _, _, fc, _ in pairs}
-                ys = {bc: to_rows(acts[bc[0]][bc[1]], self._families[bc[0]].layout) for _, _, _, bc in pairs}
+                # a front cut feeds one layer kind (its anchor's next one), so rows keyed by cut are unambiguous
+                xs = {fc: self._rows(layer, fc, acts[fc[0]][fc[1]], 'in') for _, layer, fc, _ in pairs}
+                ys = {bc: self._rows(layer, bc, acts[bc[0]][bc[1]], 'out') for _, layer, _, bc in pairs}
                 ls.add(xs, ys, [(fc, bc) for _, _, fc, bc in pairs])
+                for _, layer, _, (b, bu) in pairs:  # a token back's prefix tokens: their mean at the cut
+                    prefix = getattr(self.stitch_layers[layer], 'prefix', None)
+                    if prefix is not None:
+                        total = acts[b][bu][:, :prefix.shape[1]].double().sum(0)
+                        prefixes[layer] = prefixes.get(layer, 0) + total
                 seen += len(images)
                 bar.update(len(images))
         if not seen:
@@ -484,6 +512,9 @@ class SNNet(SNNetFeatures):
             solved = [ls.solve(fc, bc) for _, layer, fc, bc in pairs if layer == layer_id]
             weight, bias = average_affine(solved)
             layer.set_affine(weight.to(layer.weight), bias.to(layer.bias))
+            if layer_id in prefixes:
+                uses = sum(lid == layer_id for _, lid, _, _ in pairs)
+                layer.prefix.data.copy_((prefixes[layer_id] / (seen * uses))[None])
 
     @torch.no_grad()
     def stitching_error(self, images: torch.Tensor) -> dict[int, float]:

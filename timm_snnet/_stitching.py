@@ -44,6 +44,66 @@ class ConvStitch(nn.Conv2d):
             self.bias.copy_(bias)
 
 
+class GridStitch(nn.Linear):
+    """Stitching layer between layouts at one spatial reduction (a CNN's map and a ViT's tokens, a Swin's NHWC map and
+    a CNN's NCHW one): the front's patch grid channels-last (its prefix tokens dropped), a Linear over channels, then
+    the back's layout. A back with prefix tokens (class / register) gets `prefix`, learnt and least-squares
+    initialised to the mean of the back anchor's own prefix tokens at that cut. `grid` (H, W) is the patch grid that
+    tokens from the front lay on (the front anchor's fixed input size at this reduction)."""
+
+    def __init__(self, in_features: int, out_features: int, in_layout: Layout, out_layout: Layout,
+                 grid: Optional[tuple[int, int]] = None, in_prefix: int = 0, out_prefix: int = 0, device=None,
+                 dtype=None):
+        super().__init__(in_features, out_features, device=device, dtype=dtype)
+        if in_layout == 'tokens' and out_layout != 'tokens' and grid is None:
+            raise ValueError('a tokens -> map stitching layer needs the patch grid of the front anchor\'s tokens')
+        self.in_layout, self.out_layout, self.grid = in_layout, out_layout, tuple(grid) if grid else None
+        self.in_prefix = in_prefix
+        self.prefix = nn.Parameter(torch.zeros(1, out_prefix, out_features, device=device, dtype=dtype)) \
+            if out_prefix else None
+
+    def patches(self, x: torch.Tensor) -> torch.Tensor:
+        """The front's activation as channels-last patches: (B, H, W, C) for maps, (B, N, C) for tokens."""
+        if self.in_layout == 'nchw':
+            return x.permute(0, 2, 3, 1)
+        return x[:, self.in_prefix:] if self.in_layout == 'tokens' else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = super().forward(self.patches(x))
+        if self.out_layout == 'tokens':
+            x = x.flatten(1, 2) if x.ndim == 4 else x
+            return x if self.prefix is None else torch.cat([self.prefix.expand(x.shape[0], -1, -1), x], dim=1)
+        if x.ndim == 3:  # tokens -> map
+            h, w = self.grid
+            if x.shape[1] != h * w:
+                raise ValueError(f'this stitching layer lays {h}x{w} patch tokens on a map, got {x.shape[1]} tokens: '
+                                 f'the front anchor takes its fixed input size only')
+            x = x.reshape(x.shape[0], h, w, x.shape[-1])
+        return x.permute(0, 3, 1, 2) if self.out_layout == 'nchw' else x
+
+    def rows(self, x: torch.Tensor, side: str) -> torch.Tensor:
+        """Least-squares rows (one per patch) of the front's activation (`side='in'`) or of the back's (`'out'`)."""
+        if side == 'in':
+            return self.patches(x).reshape(-1, self.in_features)
+        if self.out_layout == 'tokens':
+            x = x[:, 0 if self.prefix is None else self.prefix.shape[1]:]
+        return to_rows(x, self.out_layout)
+
+    def set_affine(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.weight.copy_(weight)
+            self.bias.copy_(bias)
+
+    def extra_repr(self) -> str:
+        return (f'{super().extra_repr()}, {self.in_layout} -> {self.out_layout}, grid={self.grid}, '
+                f'prefix {self.in_prefix} -> {0 if self.prefix is None else self.prefix.shape[1]}')
+
+
+def stitch_rows(layer: nn.Module, x: torch.Tensor, layout: Layout, side: str) -> torch.Tensor:
+    """Rows of an activation as a stitching layer reads (`side='in'`) or writes (`'out'`) it."""
+    return layer.rows(x, side) if isinstance(layer, GridStitch) else to_rows(x, layout)
+
+
 class LowRankLinearStitch(nn.Module):
     """SN-Netv2's low-rank stitching layer: `y = x (W + B A / r)^T + b` over channels-last activations.
 
@@ -102,17 +162,23 @@ def create_stitching_layer(
         device=None,
         dtype=None,
         rank: int = 0,
+        grid: Optional[tuple[int, int]] = None,
+        prefix: tuple[int, int] = (0, 0),
 ) -> nn.Module:
-    """A dense stitching layer for the layouts, or a low-rank one (`rank` > 0, channels-last layouts only)."""
+    """A dense stitching layer for the layouts, or a low-rank one (`rank` > 0, channels-last layouts only). Different
+    layouts (and token fronts or backs with different prefix tokens) meet through a `GridStitch` on the patch grid
+    (`grid`: the front's tokens' grid; `prefix`: the front's and the back's prefix tokens)."""
+    cross = in_layout != out_layout and not (in_layout == 'nchw' and out_layout == 'nhwc')
+    if cross or prefix[0] != prefix[1]:
+        if rank:
+            raise ValueError(f'low-rank stitching layers (stitch_rank={rank}) join activations of one layout; a '
+                             f'{in_layout} -> {out_layout} stitch needs stitch_rank=0')
+        return GridStitch(in_features, out_features, in_layout, out_layout, grid, *prefix, device=device, dtype=dtype)
     if rank and 'nchw' in (in_layout, out_layout):
         raise ValueError(f'low-rank stitching layers (stitch_rank={rank}) are linear over channels-last activations; '
                          f'a {in_layout} -> {out_layout} stitch needs stitch_rank=0')
     if in_layout == 'nchw':
         return ConvStitch(in_features, out_features, out_layout, device=device, dtype=dtype)
-    if out_layout == 'nchw':
-        raise ValueError(f'cannot stitch a {in_layout} front onto an NCHW back; stitch CNN -> transformer instead')
-    if (in_layout == 'tokens') != (out_layout == 'tokens'):
-        raise ValueError(f'cannot stitch {in_layout} activations onto {out_layout} activations')
     if rank:
         return LowRankLinearStitch(in_features, out_features, rank, device=device, dtype=dtype)
     return LinearStitch(in_features, out_features, device=device, dtype=dtype)
