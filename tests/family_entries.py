@@ -17,6 +17,15 @@ FAMILIES = {
     'resnetv2': (('resnetv2_18', 'resnetv2_34'), 'stage', (1, 2)),
     'metaformer': (('poolformer_s12', 'poolformer_s24'), 'stage', (1, 2)),
     'maxxvit': (('maxvit_rmlp_nano_rw_256', 'maxvit_rmlp_pico_rw_256'), 'stage', (1, 2)),
+    # the zoo's adapters whose timm tests all pass on full-size anchors in a few seconds (tests/test_families_zoo.py
+    # checks them all on tiny anchors)
+    'senet': (('legacy_seresnet18', 'legacy_seresnet34'), 'stage', (1, 2)),
+    'edgenext': (('edgenext_xx_small', 'edgenext_x_small'), 'stage', (1, 2)),
+    'fasternet': (('fasternet_t0', 'fasternet_t1'), 'stage', (1, 2)),
+    'efficientvit_msra': (('efficientvit_m0', 'efficientvit_m1'), 'stage', (1, 2)),
+    'cpubone': (('cpubone_b0_bfrobust', 'cpubone_b1_bfrobust'), 'stage', (2,)),
+    'starnet': (('starnet_s1', 'starnet_s2'), 'stage', (1, 2)),
+    'lowformer': (('lowformer_b0', 'lowformer_b1'), 'stage', (2,)),
 }
 NAMES = tuple(f'snnetfam_{f}' for f in FAMILIES)
 default_cfgs = generate_default_cfgs({f'snnetfam_{f}': snnet_cfg(a) for f, (a, _, _) in FAMILIES.items()})
