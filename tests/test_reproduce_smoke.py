@@ -123,3 +123,25 @@ def test_study_smoke(tmp_path):
     assert (out / 'study.png').stat().st_size > 0
     with pytest.raises(SystemExit, match='unknown distillation'):
         reproduce.main(args[:-4] + ['--study-kd', 'hard'])
+
+
+@needs_data
+@pytest.mark.timeout(300)
+def test_cross_family_smoke(tmp_path):
+    """examples/fashion_mnist/cross_family.py on tiny subsets: EfficientNet -> ConvNeXt joined by reduction, trained,
+    swept, reported and plotted."""
+    spec = importlib.util.spec_from_file_location('fashion_mnist_cross_family', SCRIPT.with_name('cross_family.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / 'out'
+    threads = torch.get_num_threads()
+    try:
+        rc = module.main(['--seeds', '1', '--output', str(out), '--train-subset', '256', '--test-subset', '64',
+                          '--anchor-epochs', '0.5', '--snnet-epochs', '0.5'])
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == 0
+    results = json.loads((out / 'results.json').read_text())
+    assert results['junctions'] == [2, 4, 8, 16, 32] and results['num_stitches'] == 12
+    assert [r['id'] for r in results['runs'][0]['rows']] == list(range(14))
+    assert (out / 'pareto.png').stat().st_size > 0 and 'Spearman' in (out / 'report.md').read_text()
