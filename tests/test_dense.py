@@ -159,6 +159,33 @@ def test_training_touches_only_the_sampled_path():
         assert any(n.startswith('encoder.') for n in changed)
 
 
+def test_plain_ddp_without_find_unused_parameters(tmp_path):
+    """timm's train.py wraps the model in plain DDP (find_unused_parameters=False): each step samples one stitch,
+    the off-path encoder parameters and projections join the graph without a gradient, and stay untouched (a one-rank
+    gloo group, in process)."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group('gloo', init_method=f'file://{tmp_path / "group"}', rank=0, world_size=1)
+    try:
+        model, _ = _smp('Unet', 'snnet_resnet')
+        feats = model.encoder.model
+        ddp = DistributedDataParallel(model.train())
+        opt = torch.optim.AdamW(ddp.parameters(), lr=1e-2, weight_decay=0.1)
+        for _ in range(3):
+            k = copy.deepcopy(feats.model).sample_stitch()  # what the SN-Net's own sampler draws next
+            before = {n: p.detach().clone() for n, p in model.named_parameters()}
+            loss = ddp(torch.randn(2, 3, 64, 64)).square().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            off = {f'encoder.model.{m}.{p}' for m, p in feats.off_path_names(k)} & set(before)
+            changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+            assert off and not off & changed, k
+    finally:
+        dist.destroy_process_group()
+
+
 def test_export_one_stitch():
     model, x = _smp('Unet', 'snnet_resnet')
     model.encoder.model.init_stitching_layers(torch.randn(8, 3, 64, 64), progress=False)

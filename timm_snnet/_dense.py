@@ -29,6 +29,7 @@ from ._errors import SNNetError
 from ._flops import count_flops
 from ._snnet import SNNet
 from ._stitching import LeastSquares, create_stitching_layer, to_rows
+from ._training import JoinOffPath, distributed, join_ddp, ledger
 from ._utils import eval_mode
 
 __all__ = ['StitchableFeatures', 'DenseError', 'create_features', 'set_stitch', 'stitch_configs', 'export_stitch']
@@ -225,7 +226,33 @@ class StitchableFeatures(nn.Module):
             if len(self.pyramid):
                 f = self.pyramid[i](f)
             out.append(f)
+        if stitch_id is None and self.training and torch.is_grad_enabled() and not is_fx_tracing():
+            out[0] = self._off_path(out[0], k)
         return out
+
+    # --- training: what is off the sampled path (as `SNNet.forward`) ------------------------------------------------
+    @property
+    def off_path(self) -> str:
+        return self.model.off_path
+
+    def off_path_names(self, stitch_id: int) -> list[tuple[str, str]]:
+        """(module, parameter) names of the SN-Net's parameters off a stitch's route and of the projections off it."""
+        on = set(self.projection_names(stitch_id))
+        return [(f'model.{m}', p) for m, p in self.model.off_path_names(stitch_id)] + [
+            (f'projections.{name}.{m}'.rstrip('.'), p) for name in self.projections if name not in on
+            for m, p in (n.rpartition('.')[::2] for n, _ in self.projections[name].named_parameters())]
+
+    def _off_path(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """Record the sampled stitch (the optimizer leaves what is off it untouched), and under a process group join
+        the off-path parameters to the graph so that DDP needs no find_unused_parameters."""
+        if self.off_path == 'skip':
+            ledger(self).record(self, k)
+        if self.off_path == 'zero' or distributed():
+            if self.off_path == 'skip':
+                join_ddp(self)  # DDP all-reduces only where the sampled paths are
+            params = ledger(self).off_path(self, k)
+            return JoinOffPath.apply(x, self.off_path == 'zero', *params) if params else x
+        return x
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.forward_levels(x, self.out_indices)
