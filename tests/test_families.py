@@ -190,9 +190,9 @@ def test_family_lookup_and_can_stitch():
     with pytest.raises(TypeError, match=r'VGG'):
         family_for(vgg)
     with torch.device('meta'):
-        efficientvit = timm.create_model('efficientvit_b0')
-    with pytest.raises(TypeError, match=r'EfficientVit .*nearest supported: EfficientNet'):
-        family_for(efficientvit)
+        efficientformer = timm.create_model('efficientformer_l1')
+    with pytest.raises(TypeError, match=r'EfficientFormer .*nearest supported: EfficientFormerV2, EfficientNet'):
+        family_for(efficientformer)
     assert can_stitch('convnext_atto') and can_stitch('efficientnet_b0') and can_stitch('mobilenetv4_conv_small')
     assert not can_stitch('vgg11') and not can_stitch(_Unsupported())
 
