@@ -147,6 +147,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--quick', action='store_true', help='6,000 training images, one SN-Net epoch, 2 seeds')
     p.add_argument('--seeds', type=int, default=3)
+    p.add_argument('--seed-ids', default=None, metavar='I,J',
+                   help='only these seeds (e.g. one per process on a multi-core machine; a later run without it '
+                        'reads their results back)')
     p.add_argument('--snnet-epochs', type=float, default=None)
     p.add_argument('--anchor-epochs', type=float, default=None)
     p.add_argument('--train-subset', type=int, default=None, help='training images (default: all 60,000)')
@@ -161,6 +164,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if getattr(args, name) is not None:
             setattr(s, name, getattr(args, name))
     seeds = list(range(2 if args.quick else args.seeds))
+    if args.seed_ids:
+        seeds = [int(k) for k in args.seed_ids.split(',')]
     try:
         train_data = pad(fm.subset(fm.load_split(args.data_dir, 'train'), s.train_subset, 0))
         test_data = pad(fm.subset(fm.load_split(args.data_dir, 'test'), s.test_subset, 0))
