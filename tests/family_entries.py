@@ -26,6 +26,8 @@ FAMILIES = {
     'cpubone': (('cpubone_b0_bfrobust', 'cpubone_b1_bfrobust'), 'stage', (2,)),
     'starnet': (('starnet_s1', 'starnet_s2'), 'stage', (1, 2)),
     'lowformer': (('lowformer_b0', 'lowformer_b1'), 'stage', (2,)),
+    # two families joined by reduction: EfficientNet's seven stages onto ConvNeXt's four (junctions 1/2 .. 1/32)
+    'cross_efficientnet_convnext': (('efficientnet_b0', 'convnext_atto'), 'stage', (1, 2, 3)),
 }
 NAMES = tuple(f'snnetfam_{f}' for f in FAMILIES)
 default_cfgs = generate_default_cfgs({f'snnetfam_{f}': snnet_cfg(a) for f, (a, _, _) in FAMILIES.items()})
@@ -34,9 +36,11 @@ default_cfgs = generate_default_cfgs({f'snnetfam_{f}': snnet_cfg(a) for f, (a, _
 def _register(family: str) -> None:
     anchors, rule, stages = FAMILIES[family]
     name = f'snnetfam_{family}'
+    join = 'reduction' if family.startswith('cross_') else 'stage'
 
     def entry(pretrained: bool = False, **kwargs: Any):
-        return create_from_anchors(name, pretrained, dict(anchors=anchors, rule=rule, stages=stages), kwargs)
+        return create_from_anchors(name, pretrained, dict(anchors=anchors, rule=rule, stages=stages, join=join),
+                                   kwargs)
 
     entry.__name__ = entry.__qualname__ = name
     register_model(entry)

@@ -139,3 +139,19 @@ def test_onnx_export_of_a_cross_family_stitch(tmp_path):
     model, x = build('cnn_to_vit')
     stitch = model.export_stitch(model.num_configs - 1).eval()
     assert check_onnx(export_onnx(stitch, tmp_path / 'stitch.onnx'), stitch, x) < 1e-5
+
+
+def test_features_of_every_stitch():
+    """features_only over two families: one level per reduction every stitch reaches (EfficientNet's 1/2 is not
+    ConvNeXt's), the same feature_info for every stitch, each stitch's levels at those shapes."""
+    anchors, _ = PAIRS['efficientnet_to_convnext']
+    model = timm.create_model('snnet', anchors=[a for a, _ in anchors], anchor_kwargs=[k for _, k in anchors],
+                              sort_anchors=False, features_only=True).eval()
+    assert model.feature_info.reduction() == [4, 8, 16, 32]
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for k in range(model.num_configs):
+            model.set_stitch(k)
+            feats = model(x)
+            assert [f.shape[1] for f in feats] == model.feature_info.channels(), k
+            assert [f.shape[-1] for f in feats] == [64 // r for r in model.feature_info.reduction()], k

@@ -147,7 +147,11 @@ class StitchableFeatures(nn.Module):
         return out
 
     def _keys(self, k: int, taps: list[dict]) -> list:
-        """A level key per feature of stitch `k`: its stage (stem: -1), or for plain ViTs its quarter of the depth."""
+        """A level key per feature of stitch `k`: its stage (stem: -1), for anchors joined by reduction its reduction
+        (the last feature at each), or for plain ViTs its quarter of the depth."""
+        if self.model.junctions is not None and not self.plain_vit:
+            reductions = [t['reduction'] for t in taps]
+            return [r if r not in reductions[i + 1:] else ('inner', i) for i, r in enumerate(reductions)]
         if not self.plain_vit:
             return [t.get('stage', i) for i, t in enumerate(taps)]
         n, levels = len(taps), self.num_vit_levels

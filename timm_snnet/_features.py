@@ -42,6 +42,7 @@ class SNNetFeatures(RouteNet):
         taps = [Tap(0, None, dict(num_chs=i['num_chs'], reduction=i['reduction'], stage=-1,
                                   module=f'anchors.{first.anchor}.{i["module"]}'))
                 for i in self.families[first.anchor].stem_taps(self.anchors[first.anchor])]
+        by_reduction = getattr(self, 'junctions', None) is not None  # anchors joined by reduction: stages differ
         for s, seg in enumerate(route.segments):
             family, units = self.families[seg.anchor], self.units[seg.anchor]
             for u in range(seg.start, seg.stop):
@@ -49,7 +50,8 @@ class SNNetFeatures(RouteNet):
                 if family.taps == 'stage':
                     if u + 1 < len(units) and units[u + 1].stage == unit.stage:
                         continue  # not the end of its stage
-                    if taps and taps[-1].info['stage'] == unit.stage:
+                    if taps and (taps[-1].info['reduction'] == unit.reduction and taps[-1].segment != s
+                                 if by_reduction else taps[-1].info['stage'] == unit.stage):
                         taps.pop()  # a stitch inside this stage: the stage ends in the next segment
                 taps.append(Tap(s, u, dict(num_chs=unit.channels, reduction=unit.reduction, stage=unit.stage,
                                            module=f'anchors.{seg.anchor}.{unit.modules[-1]}')))
