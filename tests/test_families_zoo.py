@@ -4,6 +4,7 @@ tests/family_contract.py as tests/test_families.py checks the others: anchors eq
 exactly its route, FLOPs equal fvcore's count of the exported stitch, the exported stitch equals the SN-Net's, a
 train step touches only the sampled path; and the pretrained architectures each adapter now takes."""
 import pytest
+import timm
 import torch
 from family_contract import (
     cached_builder,
@@ -139,3 +140,19 @@ def test_train_step_touches_only_the_path(pair):
     'vit_base_patch16_sapiens2', 'qwen3_vit_88m', 'qwen3_vit_88m_merge', 'qwen3_vit_88m_enc'])
 def test_can_stitch_pretrained_architectures(arch):
     assert can_stitch(arch)
+
+
+def test_cait_through_the_generic_entry_prunes_and_groups():
+    """CaiT through `timm.create_model('snnet')` (anchors ordered by meta FLOPs): pruned with its head, the class
+    attention goes too (as timm's own prune); timm's layer decay takes CaiT's function matcher per anchor."""
+    from timm.optim import create_optimizer_v2
+
+    model = timm.create_model('snnet', anchors=('cait_xxs36_224', 'cait_xxs24_224'), img_size=32, anchor_kwargs=[
+        dict(depth=d, embed_dim=16, num_heads=2, patch_size=8) for d in (3, 2)]).eval()
+    assert model.anchor_names == ('cait_xxs24_224', 'cait_xxs36_224')
+    opt = create_optimizer_v2(model, 'adamw', lr=1e-3, layer_decay=0.75)
+    assert len(opt.param_groups) > 2 and sum(len(g['params']) for g in opt.param_groups) == len(
+        list(model.parameters()))
+    model.prune_intermediate_layers(indices=1, prune_norm=True, prune_head=True)
+    feats = model.forward_intermediates(torch.randn(1, 3, 32, 32), indices=1, intermediates_only=True)
+    assert feats[0].shape == (1, 16, 4, 4)

@@ -106,6 +106,12 @@ def meta_flops(model: nn.Module) -> int:
     """Multiply-adds of a timm model built on the meta device, at batch 1 and its input size (torch's FLOP counter
     on meta tensors: no weights, no compute), cheap enough to order anchors."""
     size = get_model_input_config(model)['input_size']
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.zeros(1, *size, device='meta'))
+    grads = {p: p.requires_grad for p in model.parameters()}
+    model.requires_grad_(False)  # the counter's module tracker asks a no-grad view of a parameter (CaiT's class
+    try:  # token) for a gradient function
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(torch.zeros(1, *size, device='meta'))
+    finally:
+        for p, flag in grads.items():
+            p.requires_grad_(flag)
     return counter.get_total_flops() // 2

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import operator
-from typing import Any, Iterable, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import torch
 from timm.models._input import get_model_input_config
+from timm.models._manipulate import group_with_matcher
 from torch import nn
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing as is_fx_tracing
 from tqdm.auto import tqdm
@@ -610,14 +612,21 @@ class SNNet(SNNetFeatures):
         return self._group_matcher
 
     @torch.jit.ignore
-    def _group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+    def _group_matcher(self, coarse: bool = False) -> Union[dict[str, Any], Callable[[str], float]]:
         """Each anchor's own groups under `anchors.N.`. Stitching layers match no group: like the heads, they land in
-        the last one, so timm's layer decay gives them the full learning rate."""
+        the last one, so timm's layer decay gives them the full learning rate. Where an anchor's matcher is a function
+        (timm's CaiT), each parameter takes its anchor's layer id (timm's `group_with_matcher`)."""
+        matchers = [m.group_matcher(coarse=coarse) if hasattr(m, 'group_matcher') else None for m in self.anchors]
+        if any(callable(m) for m in matchers):
+            ids = {f'anchors.{i}.{name}': layer for i, (model, m) in enumerate(zip(self.anchors, matchers))
+                   if m is not None for name, layer in group_with_matcher(model.named_parameters(), m,
+                                                                         reverse=True).items()}
+            return lambda name: ids.get(name, math.inf)
         groups: dict[str, list] = {}
-        for i, model in enumerate(self.anchors):
-            if not hasattr(model, 'group_matcher'):  # e.g. timm's MetaFormer: its parameters join the last group
+        for i, matcher in enumerate(matchers):
+            if matcher is None:  # e.g. timm's MetaFormer: its parameters join the last group
                 continue
-            for key, rules in model.group_matcher(coarse=coarse).items():
+            for key, rules in matcher.items():
                 if isinstance(rules, str):
                     rules = [(rules, None)]
                 groups.setdefault(key, []).extend((_prefixed(i, pattern), suffix) for pattern, suffix in rules)

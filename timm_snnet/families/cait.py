@@ -28,6 +28,6 @@ class CaitFamily(Family):
         return model.pos_drop(model.patch_embed(x) + model.pos_embed)
 
     def finish(self, model: Cait, x: torch.Tensor) -> torch.Tensor:
-        if model.blocks_token_only is not None:
+        if model.blocks_token_only is not None and model.cls_token is not None:  # not pruned with the head
             x = model.forward_cls(x)
         return model.norm(x)
