@@ -84,9 +84,22 @@ SLOW = (
 )
 
 
+# `make test` runs the suite on two pytest-xdist workers, then these alone (-m serial): tests that start several
+# processes (torchrun ranks, concurrent writers, the benchmarks' DDP), serve on Ray, or bound time and memory
+SERIAL = (
+    'test_ddp.py::', 'test_ddp_comm.py::test_ddp_hook', 'test_off_path.py::test_ddp_two_ranks',
+    'test_snnetv2.py::test_ddp_two_way', 'test_sweep_dist.py::', 'test_writes.py::test_concurrent_sweeps',
+    'test_trust.py::test_size_is_checked_before_allocating', 'test_benchmarks.py::test_every_benchmark_runs_once',
+    'test_serve.py::', 'test_servebench.py::test_serve_bench_real_run', 'test_release.py::test_two_processes',
+    'test_distill.py::test_launcher',
+)
+
+
 def pytest_collection_modifyitems(items) -> None:
     for item in items:
+        name = f'{item.path.name}::{item.name}'
         # a test using test_serve.py's `server` fixture starts Ray Serve
-        if f'{item.path.name}::{item.name}'.startswith(SLOW) or (
-                item.path.name == 'test_serve.py' and 'server' in item.fixturenames):
+        if name.startswith(SLOW) or (item.path.name == 'test_serve.py' and 'server' in item.fixturenames):
             item.add_marker(pytest.mark.slow)
+        if name.startswith(SERIAL):
+            item.add_marker(pytest.mark.serial)
