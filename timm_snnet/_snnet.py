@@ -174,8 +174,7 @@ class SNNet(SNNetFeatures):
             raise ValueError(f'stitch_rank must be an integer >= 0 (0: dense stitching layers), got {stitch_rank!r}')
         self.stitch_rank = stitch_rank
         self._routes = [self._route(c) for c in configs]
-        joins = {layer: ((a.anchor, a.stop - 1), (b.anchor, b.start - 1))
-                 for route in reversed(self._routes) for layer, a, b in route.joins()}  # each layer's first join
+        joins = {layer: (fc, bc) for _, layer, fc, bc in reversed(self._ls_pairs())}  # each layer's first join
         self.stitch_layers = nn.ModuleList([self.join_layer(*joins[i], rank=stitch_rank, device=device, dtype=dtype)
                                             for i in range(len(layers))])
 
@@ -382,7 +381,7 @@ class SNNet(SNNetFeatures):
             x = torch.zeros(1, *input_size, device=param.device, dtype=param.dtype)
             with eval_mode(self), torch.no_grad():  # BatchNorm must not learn the zero image's statistics
                 acts = [self._activations(i, x) for i in range(len(self.anchors))]
-            inputs = {layer: (seg.anchor, seg.stop - 1) for r in self._routes for layer, seg, _ in r.joins()}
+            inputs = {layer: fc for _, layer, fc, _ in self._ls_pairs()}
             layer_costs = [stitching_layer_cost(layer, self._rows(i, inputs[i], acts[inputs[i][0]][inputs[i][1]], 'in')
                                                 .shape[0]) for i, layer in enumerate(self.stitch_layers)]
             self._costs[key] = (costs, layer_costs)
