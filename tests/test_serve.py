@@ -24,7 +24,16 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from timm_snnet import pareto_front
-from timm_snnet._serve import RequestError, StitchController, check_port, decode_image, parse_budget
+from timm_snnet._serve import (
+    ARRIVED_HEADER,
+    RequestError,
+    StitchController,
+    _arrived,
+    _Guard,
+    check_port,
+    decode_image,
+    parse_budget,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / 'examples' / 'fashion_mnist' / 'model'
@@ -121,6 +130,32 @@ def test_parse_budget_and_decode():
     assert img.size == (28, 28) and img.mode == 'L'
     with pytest.raises(RequestError, match='not a PNG or JPEG'):
         decode_image(b'\x80\x04pickle', 'L')
+
+
+def test_proxy_stamps_arrival_and_the_replica_clamps_it():
+    import asyncio
+
+    seen = {}
+
+    async def app(scope, receive, send):
+        seen['headers'] = scope['headers']
+        seen['body'] = (await receive())['body']
+
+    async def receive():
+        return {'type': 'http.request', 'body': b'img', 'more_body': False}
+
+    spoofed = [(b'content-length', b'3'), (b'X-SNNet-Arrived', b'0'), (ARRIVED_HEADER, b'1e9')]
+    before = time.time()
+    asyncio.run(_Guard(app, timeout_s=1.0, max_body_bytes=10)({'type': 'http', 'path': '/predict',
+                                                                'headers': spoofed}, receive, None))
+    stamps = [v for k, v in seen['headers'] if k.lower() == ARRIVED_HEADER]
+    assert seen['body'] == b'img' and len(stamps) == 1 and before <= float(stamps[0]) <= time.time()
+    # the replica: the stamp moves the arrival back; none, garbage, the future or too old are clamped
+    now = time.monotonic()
+    assert now - 0.3 < _arrived(repr(time.time() - 0.2), 10.0) < now - 0.1
+    for stamp in (None, 'x', 'nan', repr(time.time() + 100)):
+        assert now <= _arrived(stamp, 10.0) <= time.monotonic()
+    assert now - 10.5 < _arrived('0', 10.0) < now - 9.5
 
 
 def test_port_in_use_is_a_value_error():
@@ -248,6 +283,10 @@ def test_predict_raw_json_and_budgets(server, images):
     status, doc = _call(url, '/predict', body, 'application/json')
     assert status == 200 and doc['path'] == 'Ti' and doc['predictions'][0]['label'] == str(label)
     assert _call(url, '/predict?stitch_id=37', png, 'image/png')[1]['stitch_id'] == 37  # any id, not only served
+    # a client's own arrival stamp is dropped by the proxy (were it used, the latency would be clamped to 2 s)
+    headers = {'Content-Type': 'image/png', 'Authorization': f'Bearer {TOKEN}', ARRIVED_HEADER.decode(): '0'}
+    with urllib.request.urlopen(urllib.request.Request(url + '/predict', png, headers), timeout=30) as f:
+        assert json.loads(f.read())['latency_ms'] < 0.5 * TIMEOUT_S * 1e3
     best = max((r for r in FRONT if r['gflops'] <= 0.02), key=lambda r: r['top1'])
     assert _call(url, '/predict?max_gflops=0.02', png, 'image/png')[1]['path'] == best['path']
     assert _call(url, '/predict?min_top1=86', png, 'image/png')[1]['path'] == 'B'

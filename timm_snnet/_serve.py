@@ -57,6 +57,7 @@ MAX_QUEUE = 256  # requests Ray queues for busy replicas; past it: 503 with Retr
 AUTH_ENV = 'TIMM_SNNET_AUTH_TOKEN'
 OPEN_PATHS = ('/health', '/-/healthz')  # liveness, answered without the token
 _PROXY_HOOK = 'timm_snnet._serve:proxy_guard'
+ARRIVED_HEADER = b'x-snnet-arrived'  # the proxy's arrival stamp (Unix time, s); a client's own is dropped there
 _INSTALL_HINT = 'pip install "timm-snnet[serve]"'
 
 
@@ -435,6 +436,17 @@ def _left_ms(dues: Sequence[float], now: float) -> Optional[float]:
     return (min(dues) - now) * 1e3 if dues else None
 
 
+def _arrived(stamp: Optional[str], limit_s: float) -> float:
+    """The request's arrival as a `time.monotonic()` time: the proxy's stamp (so the controller sees the time the
+    request spent in the proxy and in Ray's routing), clamped to [now - `limit_s`, now]; now without a stamp."""
+    now = time.monotonic()
+    try:
+        ago = time.time() - float(stamp) if stamp is not None else 0.0
+    except ValueError:
+        return now
+    return now - min(max(ago, 0.0), limit_s) if math.isfinite(ago) else now
+
+
 @dataclass(eq=False)
 class _Item:
     x: torch.Tensor
@@ -513,7 +525,7 @@ class SNNetService:
             return JSONResponse(dict(error=f'{type(e).__name__}: {" ".join(str(e).split())}'), status_code=500)
 
     async def predict(self, request) -> dict:
-        arrived = time.monotonic()
+        arrived = _arrived(request.headers.get(ARRIVED_HEADER.decode()), self.request_timeout_s)
         ctype = request.headers.get('content-type', '').split(';')[0].strip().lower()
         fields = _fields(request.query_params.multi_items())
         if ctype not in IMAGE_TYPES and ctype != 'application/json':
@@ -631,7 +643,8 @@ class SNNetService:
 
 # --- in Ray's HTTP proxy -------------------------------------------------------------------------------------------
 class _Guard:
-    """ASGI middleware in Ray Serve's HTTP proxy: the bearer token, then the whole body within the request timeout.
+    """ASGI middleware in Ray Serve's HTTP proxy: the bearer token, then the whole body within the request timeout,
+    then the arrival stamp (`ARRIVED_HEADER`, replacing any the client sent) that the replica's latencies start from.
 
     Only complete, authorized requests reach a replica: a stalled upload holds a coroutine in the proxy until its
     deadline, never one of a replica's `max_ongoing_requests` slots.
@@ -644,6 +657,8 @@ class _Guard:
         if scope['type'] != 'http':
             return await self.app(scope, receive, send)
         from starlette.responses import JSONResponse  # starlette comes with ray[serve]
+
+        stamp = (ARRIVED_HEADER, repr(time.time()).encode())
 
         try:
             if self.token and scope['path'].rstrip('/') not in OPEN_PATHS and not _authorized(scope['headers'],
@@ -662,7 +677,8 @@ class _Guard:
             replayed = True
             return {'type': 'http.request', 'body': body, 'more_body': False}
 
-        await self.app(scope, replay, send)
+        headers = [(k, v) for k, v in scope['headers'] if k.lower() != ARRIVED_HEADER]
+        await self.app(dict(scope, headers=[*headers, stamp]), replay, send)
 
 
 _BUSY = object()  # a connection's state at a check while a request runs
