@@ -1,6 +1,6 @@
 #!/bin/bash
 # issue 29: the full-size measurement of docs/serving.md, three configurations on one trace window (waits up to 18 min
-# for a quiet machine; about 30 min). The run used a snapshot of HEAD so that edits could not reach Ray mid-run.
+# for a quiet machine; about 30 min). All three replay the same arrivals. The run used a snapshot of HEAD so that edits could not reach Ray mid-run.
 
 LOG=out/serve_full.log
 OUT=$PWD/docs/serving
@@ -22,6 +22,6 @@ run() {
   echo "$(date +%T) done $1 rc $? load $(cat /proc/loadavg)" >> $LOG
 }
 run r1t1 --replicas 1 --threads 1
-run r1t2 --replicas 1 --threads 2 --rate-scale 1.5
-run r2t1 --replicas 2 --threads 1 --rate-scale 1.5 --latency-table $OUT/r1t1/latency.json
+run r1t2 --replicas 1 --threads 2
+run r2t1 --replicas 2 --threads 1 --latency-table $OUT/r1t1/latency.json
 echo "$(date +%T) all done" >> $LOG
