@@ -1,6 +1,7 @@
 #!/bin/bash
-# issue 29: the full-size measurement of docs/serving.md, three configurations on one trace window (waits up to 18 min
-# for a quiet machine; about 30 min). All three replay the same arrivals. The run used a snapshot of HEAD so that edits could not reach Ray mid-run.
+# issue 29: the full-size measurement of docs/serving.md, three configurations replaying the same arrivals (one trace
+# window; waits up to 18 min for a quiet machine; about 30 min). The run used a snapshot of HEAD so that edits could
+# not reach Ray mid-run.
 
 LOG=out/serve_full.log
 OUT=$PWD/docs/serving
