@@ -858,8 +858,10 @@ def _is_loopback(host: str) -> bool:
 
 def start_serve(host: str = '127.0.0.1', port: int = 8000, num_cpus: Optional[int] = None,
                 request_timeout_s: float = REQUEST_TIMEOUT_S, max_body_bytes: int = MAX_BODY_BYTES,
-                auth_token: Optional[str] = None) -> None:
-    """A fresh local Ray (no dashboard) with Serve's HTTP proxy on host:port; `serve.run` apps next.
+                auth_token: Optional[str] = None) -> int:
+    """A fresh local Ray (no dashboard) with Serve's HTTP proxy on host:port; `serve.run` apps next. Returns the
+    port: with port 0, a free one picked once Ray's own processes hold theirs (an ephemeral port picked before could
+    be the one Ray's agent takes).
 
     The proxy runs `proxy_guard`: clients get `request_timeout_s` for their headers, their body (at most
     `max_body_bytes`) and between requests; with `auth_token` (or `TIMM_SNNET_AUTH_TOKEN`) every route but /health
@@ -885,7 +887,12 @@ def start_serve(host: str = '127.0.0.1', port: int = 8000, num_cpus: Optional[in
         os.environ[AUTH_ENV] = auth_token
     ray.init(address='local', num_cpus=num_cpus, include_dashboard=False, _node_ip_address='127.0.0.1',
              log_to_driver=False, configure_logging=False)
+    if port == 0:
+        with socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
     serve.start(http_options=dict(host=host, port=port, keep_alive_timeout_s=max(1, math.ceil(request_timeout_s))))
+    return port
 
 
 def stop_serve() -> None:

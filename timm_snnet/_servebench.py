@@ -19,7 +19,6 @@ import io
 import json
 import math
 import random
-import socket
 import statistics
 import time
 import urllib.request
@@ -481,12 +480,6 @@ def accuracy_rows(model: torch.nn.Module, name: str, table: Optional[str]) -> tu
     return None, 'nowhere (no accuracy table: GFLOPs rank the stitches)'
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def images(model: torch.nn.Module, n: int = 16, seed: int = 0) -> list[bytes]:
     """`n` seeded random PNGs at the model's input size (every arm sends the same ones)."""
     from PIL import Image
@@ -599,10 +592,8 @@ def _run_live(cfg: BenchConfig, plans: list, rows: list[dict], served: list[int]
     from ray import serve  # the serve extra; build_app below says how to install it when missing
 
     bodies = images(net, seed=cfg.seed)
-    port = _free_port()
-    url = f'http://127.0.0.1:{port}'
+    url = f'http://127.0.0.1:{start_serve("127.0.0.1", 0, num_cpus=cfg.replicas * cfg.threads)}'
     out = []
-    start_serve('127.0.0.1', port, num_cpus=cfg.replicas * cfg.threads)
     try:
         for label, kw in tqdm(plans, desc='arms', unit='arm', disable=not progress):
             app = build_app(cfg.model, replicas=cfg.replicas, stitches=served, max_batch_size=cfg.max_batch_size,
