@@ -38,7 +38,7 @@ demo: $(BASE)
 # two pytest-xdist workers (each test single-threaded, as tests/conftest.py sets torch), then the tests marked serial
 # alone (several processes, Ray Serve, time and memory bounds)
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 -m "not serial" tests
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 --dist worksteal -m "not serial" tests
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m serial tests
 
 # the suite without the tests marked slow (full-size models, torchrun and Ray Serve runs, CLI subprocesses, timm's

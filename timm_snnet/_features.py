@@ -175,7 +175,8 @@ class SNNetFeatures(RouteNet):
             # the head's own layers go first (MobileNetV3's conv_head), the classifiers stay for reset_classifier,
             # which then drops them (with the head's own norm: ConvNeXt's reset_other)
             self.prune_to(keep | self._classifier_names())
-            self.reset_classifier(0, '', reset_other=True)
+            keep_pool = any(f.head_keeps_pool for f in self.families)  # as timm prunes EfficientViT: pooled
+            self.reset_classifier(0, None if keep_pool else '', reset_other=True)
         self.prune_to(keep)
         self.restrict_to(k, new)
         return take

@@ -29,6 +29,7 @@ from ._configs import (
     junction_depths,
     junction_stages,
 )
+from ._errors import SNNetError
 from ._exported import export_stitch
 from ._features import SNNetFeatures
 from ._flops import AnchorCosts, anchor_costs, stitching_layer_cost
@@ -584,6 +585,11 @@ class SNNet(SNNetFeatures):
     # --- timm contract (the rest: `RouteNet`) ----------------------------------------------------------------------
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None, **kwargs: Any) -> None:
         """Reset every anchor's head (`kwargs` such as ConvNeXt's `reset_other` go to the anchors that take them)."""
+        if global_pool == '':
+            keeps = [type(m).__name__ for f, m in zip(self.families, self.anchors) if f.head_keeps_pool]
+            if keeps:
+                raise SNNetError(f"global_pool='': the heads of {', '.join(keeps)} pool ahead of their own layers and "
+                                 "cannot drop the pooling (as in timm); use forward_features for unpooled features")
         for model in self.anchors:
             accepted = inspect.signature(model.reset_classifier).parameters
             extra = {k: v for k, v in kwargs.items() if k in accepted}

@@ -36,6 +36,7 @@ class Family:
     norm_names: tuple[str, ...] = ()  # the final norm that `finish` applies (and `forward_intermediates(norm=True)`)
     shared_names: tuple[str, ...] = ()  # modules without parameters that every unit of the anchor reads (Eva's RoPE)
     intermediate_fmts: tuple[str, ...] = ('NCHW',)  # output formats forward_intermediates can give
+    head_keeps_pool: bool = False  # the head pools ahead of its own layers and refuses global_pool='' (EfficientViT)
     # what the input-size error says of a fixed-size anchor: its family and why its size is fixed
     label: str = ''  # e.g. 'Swin'
     fixed_size_reason: str = ''  # e.g. 'their attention windows are built for it'

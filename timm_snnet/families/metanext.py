@@ -8,6 +8,7 @@ from ._base import CNNFamily, Unit, children_names, register_family, stage_units
 @register_family
 class MetaNeXtFamily(CNNFamily):
     model_cls = MetaNeXt
+    head_keeps_pool = True  # timm's MlpClassifierHead pools first
 
     def units(self, model: MetaNeXt) -> list[Unit]:
         return stage_units(model, children_names(model, 'stages'), blocks='blocks', downsample='downsample')
