@@ -175,8 +175,9 @@ class SNNetFeatures(RouteNet):
             # the head's own layers go first (MobileNetV3's conv_head), the classifiers stay for reset_classifier,
             # which then drops them (with the head's own norm: ConvNeXt's reset_other)
             self.prune_to(keep | self._classifier_names())
-            keep_pool = any(f.head_keeps_pool for f in self.families)  # as timm prunes EfficientViT: pooled
-            self.reset_classifier(0, None if keep_pool else '', reset_other=True)
+            on_route = sorted({seg.anchor for seg in new.segments})
+            keep_pool = any(self.families[i].head_keeps_pool for i in on_route)  # as timm prunes EfficientViT
+            self.reset_heads(on_route, 0, None if keep_pool else '', reset_other=True)
         self.prune_to(keep)
         self.restrict_to(k, new)
         return take

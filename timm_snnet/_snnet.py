@@ -585,12 +585,19 @@ class SNNet(SNNetFeatures):
     # --- timm contract (the rest: `RouteNet`) ----------------------------------------------------------------------
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None, **kwargs: Any) -> None:
         """Reset every anchor's head (`kwargs` such as ConvNeXt's `reset_other` go to the anchors that take them)."""
+        self.reset_heads(range(len(self.anchors)), num_classes, global_pool, **kwargs)
+
+    def reset_heads(self, anchors: Iterable[int], num_classes: int, global_pool: Optional[str] = None,
+                    **kwargs: Any) -> None:
+        """`reset_classifier` on the anchors numbered `anchors` (pruning resets those its route keeps: the others
+        are pruned whole, and a head such as Qwen3-VL's cannot be reset without its encoder)."""
+        anchors = list(anchors)
         if global_pool == '':
-            keeps = [type(m).__name__ for f, m in zip(self.families, self.anchors) if f.head_keeps_pool]
+            keeps = [type(self.anchors[i]).__name__ for i in anchors if self.families[i].head_keeps_pool]
             if keeps:
                 raise SNNetError(f"global_pool='': the heads of {', '.join(keeps)} pool ahead of their own layers and "
                                  "cannot drop the pooling (as in timm); use forward_features for unpooled features")
-        for model in self.anchors:
+        for model in (self.anchors[i] for i in anchors):
             accepted = inspect.signature(model.reset_classifier).parameters
             extra = {k: v for k, v in kwargs.items() if k in accepted}
             if global_pool is None:
