@@ -9,9 +9,11 @@ import torch
 from family_contract import (
     cached_builder,
     check_anchors_bit_equal,
+    check_features,
     check_flops_and_export,
     check_runs_exactly_its_route,
     check_train_step_on_path,
+    stitches,
 )
 
 from timm_snnet import SNNet
@@ -57,8 +59,9 @@ PAIRS = {
 }
 
 PAIRS.update({
-    # one attention group (3 blocks: conv, attention, ...) in the last stage
-    'iformer': _two('iformer_m', dict(depths=(1, 1, 2, 3)), dict(depths=(1, 2, 3, 3)), dims=(16, 32, 64, 64),
+    # one attention group (3 blocks: conv, attention, ...) in the last stage; widths all differ (timm's iFormer
+    # downsamples a stage only where its width changes, while its feature_info assumes every stage does)
+    'iformer': _two('iformer_m', dict(depths=(1, 1, 2, 3)), dict(depths=(1, 2, 3, 3)), dims=(16, 32, 48, 64),
                     attn_groups=(0, 0, 0, 1)),
     'lowformer': _two('lowformer_b0', dict(width_list=[8, 16, 24, 32, 48], depth_list=[0, 1, 2, 2, 1]),
                       dict(width_list=[8, 16, 24, 32, 48], depth_list=[0, 1, 3, 3, 1])),
@@ -130,6 +133,13 @@ def test_flops_equal_fvcore_and_export_equals_stitch(pair):
 
 def test_train_step_touches_only_the_path(pair):
     check_train_step_on_path(*build(pair), pair)
+
+
+def test_forward_intermediates_match_feature_info(pair):
+    """Each feature has the channels and reduction feature_info declares (GhostNet's were one stage off), on a stitch
+    and on both anchors."""
+    model, x = build(pair)
+    check_features(model, x, pair, stitches(model)[-1:] + [0, 1])
 
 
 @pytest.mark.parametrize('arch', [
