@@ -166,3 +166,17 @@ def test_cait_through_the_generic_entry_prunes_and_groups():
     model.prune_intermediate_layers(indices=1, prune_norm=True, prune_head=True)
     feats = model.forward_intermediates(torch.randn(1, 3, 32, 32), indices=1, intermediates_only=True)
     assert feats[0].shape == (1, 16, 4, 4)
+
+
+def test_heads_that_pool_first_refuse_global_pool_off():
+    """EfficientViT's head pools ahead of its own layers (timm asserts on global_pool=''): the SN-Net says so, at
+    reset_classifier with every head left as it was, and at creation before any anchor is built."""
+    from timm_snnet import SNNetError
+
+    model, x = build('efficientvit')
+    before = model(x)
+    with pytest.raises(SNNetError, match=r"global_pool='': the heads of efficientvit_b0 \(EfficientVit\)"):
+        model.reset_classifier(0, '')
+    torch.testing.assert_close(model(x), before, rtol=0, atol=0)
+    with pytest.raises(SNNetError, match='use forward_features'):
+        timm.create_model('snnet', anchors=('efficientvit_b0', 'efficientvit_b1'), num_classes=0, global_pool='')

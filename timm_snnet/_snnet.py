@@ -10,6 +10,7 @@ import math
 import operator
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
+import timm
 import torch
 from timm.models._input import get_model_input_config
 from timm.models._manipulate import group_with_matcher
@@ -39,7 +40,7 @@ from ._selection import select_stitch
 from ._stitching import LeastSquares, average_affine, stitch_rows
 from ._training import JoinOffPath, check_off_path, distributed, forget, join_ddp, ledger
 from ._utils import eval_mode
-from .families import Unit
+from .families import Unit, family_for
 
 
 def _image_batches(data: Union[torch.Tensor, Iterable], num_images: int, chunk: int) -> Iterator[torch.Tensor]:
@@ -57,6 +58,15 @@ def _image_batches(data: Union[torch.Tensor, Iterable], num_images: int, chunk: 
             return
 
 
+def _refuse_unpooled(models: Iterable[nn.Module]) -> None:
+    """global_pool='' where an anchor's head pools ahead of its own layers (timm asserts): a clear error."""
+    keeps = [f"{m.pretrained_cfg.get('architecture')} ({type(m).__name__})" for m in models
+             if family_for(m).head_keeps_pool]
+    if keeps:
+        raise SNNetError(f"global_pool='': the heads of {', '.join(keeps)} pool ahead of their own layers and cannot "
+                         "drop the pooling (as in timm); use forward_features for unpooled features")
+
+
 def _build_anchors(
         anchors: Sequence[str],
         anchor_kwargs: Union[None, dict, Sequence[dict]],
@@ -71,6 +81,9 @@ def _build_anchors(
         anchor_kwargs = [dict(anchor_kwargs or {}) for _ in anchors]
     if len(anchor_kwargs) != len(anchors):
         raise ValueError(f'anchor_kwargs has {len(anchor_kwargs)} entries for {len(anchors)} anchors')
+    if common.get('global_pool') == '':  # checked on the meta device, before anything is built or downloaded
+        with torch.device('meta'):
+            _refuse_unpooled([timm.create_model(name, device='meta') for name in anchors])
     sources = parse_anchor_checkpoints(checkpoints, len(anchors))  # bad entries fail before any download
     models = [create_anchor(name, pretrained and src is None, **{**shared_kwargs(name, common), **kw})
               for name, kw, src in zip(anchors, anchor_kwargs, sources)]
@@ -593,10 +606,7 @@ class SNNet(SNNetFeatures):
         are pruned whole, and a head such as Qwen3-VL's cannot be reset without its encoder)."""
         anchors = list(anchors)
         if global_pool == '':
-            keeps = [type(self.anchors[i]).__name__ for i in anchors if self.families[i].head_keeps_pool]
-            if keeps:
-                raise SNNetError(f"global_pool='': the heads of {', '.join(keeps)} pool ahead of their own layers and "
-                                 "cannot drop the pooling (as in timm); use forward_features for unpooled features")
+            _refuse_unpooled(self.anchors[i] for i in anchors)
         for model in (self.anchors[i] for i in anchors):
             accepted = inspect.signature(model.reset_classifier).parameters
             extra = {k: v for k, v in kwargs.items() if k in accepted}
