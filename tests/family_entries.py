@@ -42,8 +42,7 @@ FAMILIES = {
     'cross_efficientnet_convnext': (('efficientnet_b0', 'convnext_atto'), 'stage', (1, 2, 3)),
 }
 # 19-80 s each on 2 cores (full-size anchors; up to 36 blocks at 224 in the prune test), over the suite's budget:
-# `SNNET_TIMM_TESTS_ALL=1 pytest tests/test_timm_generic.py` adds them. All pass but Qwen3-VL's two fx tests
-# (docs/families.md)
+# `SNNET_TIMM_TESTS_ALL=1 pytest tests/test_timm_generic.py` adds them (all pass)
 HEAVY = {
     'davit': (('davit_tiny', 'davit_small'), 'stage', (1, 2)),
     'tresnet': (('tresnet_m', 'tresnet_l'), 'stage', (1, 2)),

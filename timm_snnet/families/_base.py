@@ -12,6 +12,7 @@ import timm
 import torch
 from timm.models._input import get_model_input_config
 from torch import nn
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing as is_fx_tracing
 
 Layout = Literal['tokens', 'nhwc', 'nchw']
 
@@ -160,8 +161,14 @@ def tokens_to_nchw(x: torch.Tensor, img_size: Sequence[int], reduction: int) -> 
 def patch_grid(model: nn.Module, tokens: int, prefix: int = 0) -> tuple[int, int]:
     """The patch grid (Hp, Wp) of `tokens` tokens (`prefix` of them before the patches) of a token model: the grid
     of its built image size (`patch_embed.grid_size`) where the count is that grid's, else a square grid (a
-    dynamic-size anchor's other inputs, or a back anchor whose `patch_embed` an exported stitch pruned)."""
+    dynamic-size anchor's other inputs, or a back anchor whose `patch_embed` an exported stitch pruned). Under fx
+    tracing the count is symbolic: the graph computes the square grid's side from it (a square built grid)."""
     n, grid = tokens - prefix, getattr(model.patch_embed, 'grid_size', None)
+    if is_fx_tracing():
+        if grid is not None and grid[0] != grid[1]:
+            raise ValueError(f'fx cannot trace an anchor built for a non-square patch grid {tuple(grid)}')
+        side = n.__pow__(0.5).__round__()  # recorded as graph ops on the symbolic count
+        return side, side
     if grid is not None and grid[0] * grid[1] == n:
         return tuple(grid)
     side = math.isqrt(n)

@@ -10,10 +10,15 @@ forward_features ends. The classifier's head is timm's forward_head; the encoder
 forward_features (the projector, a mean or nothing), as it has no classifier.
 """
 import torch
-from timm.models.qwen3_vit import Qwen3VitClassifier, Qwen3VitEncoder
+import torch.fx
+from timm.models.qwen3_vit import Qwen3VitClassifier, Qwen3VitEncoder, resample_pos_embed_grid
 from torch import nn
 
 from ._base import Family, Unit, patch_grid, register_family
+
+# an fx leaf, as timm registers it; fx wraps it where it is called through these globals (timm's own `_pos_embed`
+# only while the encoder's `forward` runs, which an SN-Net never calls)
+torch.fx.wrap('resample_pos_embed_grid')
 
 
 def _encoder(model: nn.Module) -> Qwen3VitEncoder:
@@ -36,8 +41,12 @@ class Qwen3VitEncoderFamily(Family):
         return [Unit(0, i, (f'{self.prefix}blocks.{i}',), enc.embed_dim, reduction) for i in range(len(enc.blocks))]
 
     def stem(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """timm's `_pos_embed` on the patches, less its rotary table (each block's is built in `run_module`)."""
         enc = _encoder(model)
-        return enc._pos_embed(enc.patch_embed(x))[0]
+        x = enc.patch_embed(x)
+        b, h, w, c = x.shape
+        return x.reshape(b, h * w, c) + resample_pos_embed_grid(enc.pos_embed, enc.pos_embed_grid_size, (h, w)).to(
+            x.dtype)
 
     def run_module(self, model: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
         enc = _encoder(model)
