@@ -33,8 +33,8 @@ FAMILIES = {
     'efficientformer_v2': (('efficientformerv2_s0', 'efficientformerv2_s1'), 'stage', (1, 2)),
     'swiftformer': (('swiftformer_xs', 'swiftformer_s'), 'stage', (1, 2)),
     'iformer': (('iformer_t', 'iformer_s'), 'stage', (1, 2)),
-    # heads that pool ahead of their own layers: timm skips its no-pooling checks for these classes
-    # (EARLY_POOL_MODELS); test_timm_generic.py expects the SN-Net's clear refusal there
+    # heads that pool ahead of their own layers (timm's EARLY_POOL_MODELS): timm skips its no-pooling checks for
+    # these classes; the SN-Net passes them (families.EarlyPool runs the head per position)
     'efficientvit_mit': (('efficientvit_b0', 'efficientvit_b1'), 'stage', (1, 2)),
     'efficientvit_large': (('efficientvit_l1', 'efficientvit_l2'), 'stage', (1, 2)),
     'metanext': (('inception_next_atto', 'inception_next_tiny'), 'stage', (1, 2)),

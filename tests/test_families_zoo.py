@@ -3,6 +3,8 @@ SwiftFormer, EfficientViT (MIT) B and L, CPUBone, StarNet, ...) on tiny real anc
 tests/family_contract.py as tests/test_families.py checks the others: anchors equal plain timm, each stitch runs
 exactly its route, FLOPs equal fvcore's count of the exported stitch, the exported stitch equals the SN-Net's, a
 train step touches only the sampled path; and the pretrained architectures each adapter now takes."""
+import copy
+
 import pytest
 import timm
 import torch
@@ -168,15 +170,28 @@ def test_cait_through_the_generic_entry_prunes_and_groups():
     assert feats[0].shape == (1, 16, 4, 4)
 
 
-def test_heads_that_pool_first_refuse_global_pool_off():
-    """EfficientViT's head pools ahead of its own layers (timm asserts on global_pool=''): the SN-Net says so, at
-    reset_classifier with every head left as it was, and at creation before any anchor is built."""
-    from timm_snnet import SNNetError
-
-    model, x = build('efficientvit')
-    before = model(x)
-    with pytest.raises(SNNetError, match=r"global_pool='': the heads of efficientvit_b0 \(EfficientVit\)"):
-        model.reset_classifier(0, '')
-    torch.testing.assert_close(model(x), before, rtol=0, atol=0)
-    with pytest.raises(SNNetError, match='use forward_features'):
-        timm.create_model('snnet', anchors=('efficientvit_b0', 'efficientvit_b1'), num_classes=0, global_pool='')
+@pytest.mark.parametrize('name', ['efficientvit', 'efficientvit_large', 'metanext'])
+def test_heads_that_pool_first_run_per_position_without_pooling(name):
+    """EfficientViT's and InceptionNeXt's heads pool ahead of their own layers (timm asserts on global_pool=''):
+    with pooling off, each position of the SN-Net's output is what timm's own head gives a 1x1 map of that position,
+    after reset_classifier and when built so; global_pool='avg' gives timm's pooled head back."""
+    built, x = build(name)
+    model = copy.deepcopy(built)
+    feats = model.forward_features(x)
+    pooled = model.forward_head(feats, pre_logits=True)
+    b, c, h, w = feats.shape
+    cells = model.forward_head(feats.permute(0, 2, 3, 1).reshape(-1, c, 1, 1), pre_logits=True)  # timm's head
+    model.reset_classifier(0, '')
+    out = model(x)
+    assert out.shape == (b, cells.shape[1], h, w)
+    torch.testing.assert_close(out, cells.reshape(b, h, w, -1).permute(0, 3, 1, 2))
+    model.reset_classifier(10, '')  # per-position logits: timm's classifier on every position's pre-logits
+    logits, pre = model(x), model.forward_head(feats, pre_logits=True)
+    torch.testing.assert_close(logits, model.get_classifier()(pre.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+    kwargs, _ = PAIRS[name]
+    fresh = timm.create_model('snnet', **kwargs, num_classes=0, global_pool='').eval()
+    fresh.load_state_dict(built.state_dict(), strict=False)  # all but the classifiers, which num_classes=0 drops
+    torch.testing.assert_close(fresh(x), out, rtol=0, atol=0)
+    assert fresh.anchors[0].global_pool == '' and fresh.export_stitch(1)(x).ndim == 4
+    model.reset_classifier(0, 'avg')
+    torch.testing.assert_close(model(x), pooled, rtol=0, atol=0)

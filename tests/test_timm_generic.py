@@ -17,8 +17,6 @@ import pytest
 import timm
 import torch
 
-from timm_snnet import SNNetError
-
 TIMM_TESTS = Path(os.environ.get('TIMM_TESTS_DIR', Path(__file__).resolve().parents[1] / '.venv' / 'timm-tests'))
 NEEDS_WEIGHTS = ('test_model_load_pretrained', 'test_model_features_pretrained')
 # ours (the generic `snnet` on its default anchors too), then one per adapter family
@@ -114,12 +112,4 @@ def test_timm_generic(model_name, test_name, monkeypatch):
         kwargs['cfg_device'] = 'meta' if module._HAS_DEVICE_CONTEXT else module.torch_device
     if 'model_kwargs' in params:  # timm's per-model head variants (e.g. convnext_atto's MLP pre-logits): ours as built
         kwargs['model_kwargs'] = {}
-    try:
-        test(model_name, **kwargs)
-    except SNNetError as e:
-        # timm skips the no-pooling half of its cfg test for classes whose head pools ahead of its own layers
-        # (EARLY_POOL_MODELS, by isinstance); an SN-Net over them refuses global_pool='' instead
-        families = _meta_model(model_name).families
-        if test_name != 'test_model_default_cfgs' or not any(f.head_keeps_pool for f in families):
-            raise
-        pytest.xfail(f"timm's EARLY_POOL_MODELS skip is by class; the SN-Net refuses: {e}")
+    test(model_name, **kwargs)

@@ -20,7 +20,7 @@ from timm.models._input import get_model_input_config
 from timm.models._manipulate import reinit_non_persistent_buffers
 from torch import nn
 
-from ._anchors import shared_kwargs
+from ._anchors import create_anchor, shared_kwargs
 from ._configs import Route, Segment
 from ._routenet import RouteNet
 from ._routes import owned
@@ -68,7 +68,7 @@ class ExportedStitch(RouteNet):
         _check_route(anchors, anchor_kwargs, segments, stitch_layers)
         own = {k: v for k, v in dict(num_classes=num_classes, in_chans=in_chans, img_size=img_size).items()
                if v is not None}
-        super().__init__([timm.create_model(name, **{**kw, **shared_kwargs(name, own)}, device=device, dtype=dtype)
+        super().__init__([create_anchor(name, False, **{**kw, **shared_kwargs(name, own)}, device=device, dtype=dtype)
                           for name, kw in zip(anchors, anchor_kwargs)], stitched_final_norm)
         self.set_input_norm(input_mean, input_std)
         self.segments = segments
@@ -104,10 +104,7 @@ class ExportedStitch(RouteNet):
         return layer
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        if global_pool is None:
-            self.last_anchor.reset_classifier(num_classes)
-        else:
-            self.last_anchor.reset_classifier(num_classes, global_pool)
+        self._families[self._route.last.anchor].reset_head(self.last_anchor, num_classes, global_pool)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:

@@ -4,13 +4,11 @@ The engine knows anchors only through their family adapter (stem, units with act
 """
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import operator
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
-import timm
 import torch
 from timm.models._input import get_model_input_config
 from timm.models._manipulate import group_with_matcher
@@ -30,7 +28,6 @@ from ._configs import (
     junction_depths,
     junction_stages,
 )
-from ._errors import SNNetError
 from ._exported import export_stitch
 from ._features import SNNetFeatures
 from ._flops import AnchorCosts, anchor_costs, stitching_layer_cost
@@ -40,7 +37,7 @@ from ._selection import select_stitch
 from ._stitching import LeastSquares, average_affine, stitch_rows
 from ._training import JoinOffPath, check_off_path, distributed, forget, join_ddp, ledger
 from ._utils import eval_mode
-from .families import Unit, family_for
+from .families import Unit
 
 
 def _image_batches(data: Union[torch.Tensor, Iterable], num_images: int, chunk: int) -> Iterator[torch.Tensor]:
@@ -58,15 +55,6 @@ def _image_batches(data: Union[torch.Tensor, Iterable], num_images: int, chunk: 
             return
 
 
-def _refuse_unpooled(models: Iterable[nn.Module]) -> None:
-    """global_pool='' where an anchor's head pools ahead of its own layers (timm asserts): a clear error."""
-    keeps = [f"{m.pretrained_cfg.get('architecture')} ({type(m).__name__})" for m in models
-             if family_for(m).head_keeps_pool]
-    if keeps:
-        raise SNNetError(f"global_pool='': the heads of {', '.join(keeps)} pool ahead of their own layers and cannot "
-                         "drop the pooling (as in timm); use forward_features for unpooled features")
-
-
 def _build_anchors(
         anchors: Sequence[str],
         anchor_kwargs: Union[None, dict, Sequence[dict]],
@@ -81,9 +69,6 @@ def _build_anchors(
         anchor_kwargs = [dict(anchor_kwargs or {}) for _ in anchors]
     if len(anchor_kwargs) != len(anchors):
         raise ValueError(f'anchor_kwargs has {len(anchor_kwargs)} entries for {len(anchors)} anchors')
-    if common.get('global_pool') == '':  # checked on the meta device, before anything is built or downloaded
-        with torch.device('meta'):
-            _refuse_unpooled([timm.create_model(name, device='meta') for name in anchors])
     sources = parse_anchor_checkpoints(checkpoints, len(anchors))  # bad entries fail before any download
     models = [create_anchor(name, pretrained and src is None, **{**shared_kwargs(name, common), **kw})
               for name, kw, src in zip(anchors, anchor_kwargs, sources)]
@@ -604,16 +589,8 @@ class SNNet(SNNetFeatures):
                     **kwargs: Any) -> None:
         """`reset_classifier` on the anchors numbered `anchors` (pruning resets those its route keeps: the others
         are pruned whole, and a head such as Qwen3-VL's cannot be reset without its encoder)."""
-        anchors = list(anchors)
-        if global_pool == '':
-            _refuse_unpooled(self.anchors[i] for i in anchors)
-        for model in (self.anchors[i] for i in anchors):
-            accepted = inspect.signature(model.reset_classifier).parameters
-            extra = {k: v for k, v in kwargs.items() if k in accepted}
-            if global_pool is None:
-                model.reset_classifier(num_classes, **extra)
-            else:
-                model.reset_classifier(num_classes, global_pool, **extra)
+        for i in anchors:
+            self._families[i].reset_head(self.anchors[i], num_classes, global_pool, **kwargs)
         self._costs.clear()
         forget(self)
 

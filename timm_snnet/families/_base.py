@@ -4,6 +4,7 @@ stems)."""
 from __future__ import annotations
 
 import difflib
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Callable, Literal, Optional, Sequence, Union
@@ -37,7 +38,7 @@ class Family:
     norm_names: tuple[str, ...] = ()  # the final norm that `finish` applies (and `forward_intermediates(norm=True)`)
     shared_names: tuple[str, ...] = ()  # modules without parameters that every unit of the anchor reads (Eva's RoPE)
     intermediate_fmts: tuple[str, ...] = ('NCHW',)  # output formats forward_intermediates can give
-    head_keeps_pool: bool = False  # the head pools ahead of its own layers and refuses global_pool='' (EfficientViT)
+    head_keeps_pool: bool = False  # the head pools ahead of its own layers, timm cannot turn it off (EarlyPool)
     # what the input-size error says of a fixed-size anchor: its family and why its size is fixed
     label: str = ''  # e.g. 'Swin'
     fixed_size_reason: str = ''  # e.g. 'their attention windows are built for it'
@@ -65,6 +66,15 @@ class Family:
 
     def head(self, model: nn.Module, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return model.forward_head(x, pre_logits=pre_logits)
+
+    def reset_head(self, model: nn.Module, num_classes: int, global_pool: Optional[str] = None, **kwargs) -> None:
+        """timm's `reset_classifier` on the anchor, with the `kwargs` it takes (ConvNeXt's `reset_other`)."""
+        accepted = inspect.signature(model.reset_classifier).parameters
+        extra = {k: v for k, v in kwargs.items() if k in accepted}
+        if global_pool is None:
+            model.reset_classifier(num_classes, **extra)
+        else:
+            model.reset_classifier(num_classes, global_pool, **extra)
 
     def prefix_tokens(self, model: nn.Module) -> int:
         """Tokens before the patch tokens (class, distillation, register tokens) in the `tokens` layout."""
@@ -244,6 +254,36 @@ def last_conv_channels(module: nn.Module) -> int:
 
 def _under(name: str, prefixes: Sequence[str]) -> bool:
     return any(name == p or name.startswith(p + '.') for p in prefixes)
+
+
+class PerPosition(nn.Module):
+    """A head's global pool with pooling off: NCHW -> NHWC, so the head's layers after it (linear, norm, activation)
+    run at every position. `pool_type` is what timm reads back (`get_model_args`)."""
+    pool_type = ''
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 2, 3, 1)
+
+
+class EarlyPool:
+    """Mixin for families whose timm head pools ahead of its own layers and asserts on global_pool='' (EfficientViT,
+    InceptionNeXt: timm's EARLY_POOL_MODELS). The SN-Net takes global_pool='' all the same, as timm's conv heads do:
+    the pool becomes `PerPosition` and the output returns to NCHW, so each position of the map gets what the head
+    gives a 1x1 map of that position (the pre-logits features with num_classes=0, else per-position logits)."""
+    head_keeps_pool = True
+
+    def drop_pool(self, model: nn.Module) -> None:
+        model.head.global_pool = PerPosition().train(model.head.training)
+        model.global_pool = ''  # kept in sync with the head, as timm's reset_classifier does
+
+    def reset_head(self, model: nn.Module, num_classes: int, global_pool: Optional[str] = None, **kwargs) -> None:
+        super().reset_head(model, num_classes, None if global_pool == '' else global_pool, **kwargs)
+        if global_pool == '':
+            self.drop_pool(model)
+
+    def head(self, model: nn.Module, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = super().head(model, x, pre_logits=pre_logits)
+        return x.permute(0, 3, 1, 2) if isinstance(model.head.global_pool, PerPosition) else x
 
 
 class CNNFamily(Family):
