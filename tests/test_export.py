@@ -95,6 +95,23 @@ def test_local_dir_new_head_and_bad_inputs(tmp_path):
         timm.create_model('exported_stitch', **{**args, 'stitch_layers': []})
 
 
+
+@pytest.mark.parametrize('name', ['snnet_resnet', 'snnet_resnet18_swin_ti'])
+def test_reset_pooling_survives_export_and_save(tmp_path, name):
+    """reset_classifier(0, '') after creation (unpooled maps): export_stitch and save_for_hf / `local-dir:` of the
+    SN-Net and of the stitch keep it (timm's get_model_args reads `global_pool`), and equal the SN-Net exactly."""
+    model, x = tiny(name).eval(), tiny_input(name)
+    model.reset_classifier(0, '')
+    k = model.stitch_configs()[-2].id
+    ref = model(x, stitch_id=k)
+    assert ref.ndim == 4
+    stitch = model.export_stitch(k)
+    assert torch.equal(stitch(x), ref)
+    for i, m in enumerate((model, stitch)):
+        save_for_hf(m, tmp_path / str(i), safe_serialization=True)
+        loaded = timm.create_model(f'local-dir:{tmp_path / str(i)}', pretrained=True).eval()
+        assert loaded.global_pool == '' and torch.equal(loaded(x, stitch_id=k) if i == 0 else loaded(x), ref)
+
 _MEMORY_CHILD = '''
 import pathlib, resource, sys, torch, timm, timm_snnet
 torch.set_num_threads(1)

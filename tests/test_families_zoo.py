@@ -17,6 +17,7 @@ from family_contract import (
     check_train_step_on_path,
     stitches,
 )
+from timm.models import save_for_hf
 
 from timm_snnet import SNNet
 from timm_snnet.families import can_stitch
@@ -171,10 +172,11 @@ def test_cait_through_the_generic_entry_prunes_and_groups():
 
 
 @pytest.mark.parametrize('name', ['efficientvit', 'efficientvit_large', 'metanext'])
-def test_heads_that_pool_first_run_per_position_without_pooling(name):
+def test_heads_that_pool_first_run_per_position_without_pooling(name, tmp_path):
     """EfficientViT's and InceptionNeXt's heads pool ahead of their own layers (timm asserts on global_pool=''):
     with pooling off, each position of the SN-Net's output is what timm's own head gives a 1x1 map of that position,
-    after reset_classifier and when built so; global_pool='avg' gives timm's pooled head back."""
+    after reset_classifier, when built so and in its exported stitches; global_pool='avg' gives timm's pooled head
+    back."""
     built, x = build(name)
     model = copy.deepcopy(built)
     feats = model.forward_features(x)
@@ -192,6 +194,9 @@ def test_heads_that_pool_first_run_per_position_without_pooling(name):
     fresh = timm.create_model('snnet', **kwargs, num_classes=0, global_pool='').eval()
     fresh.load_state_dict(built.state_dict(), strict=False)  # all but the classifiers, which num_classes=0 drops
     torch.testing.assert_close(fresh(x), out, rtol=0, atol=0)
-    assert fresh.anchors[0].global_pool == '' and fresh.export_stitch(1)(x).ndim == 4
+    stitch = fresh.export_stitch(1)
+    assert stitch.anchors[0].global_pool == '' and torch.equal(stitch(x), fresh(x, stitch_id=1))
+    save_for_hf(stitch, tmp_path, safe_serialization=True)  # rebuilt within the saved file's budget
+    assert torch.equal(timm.create_model(f'local-dir:{tmp_path}', pretrained=True).eval()(x), stitch(x))
     model.reset_classifier(0, 'avg')
     torch.testing.assert_close(model(x), pooled, rtol=0, atol=0)

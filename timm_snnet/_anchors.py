@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 from ._errors import AnchorCheckpointError, SNNetLoadError, UnsafeCheckpointError
 from ._pickle import read_pickle
 from ._utils import file_sha256
-from .families import family_for
+from .families import family_for, pools_first
 
 __all__ = ['EMA_PREFIX', 'AnchorCheckpointError', 'AnchorSource', 'parse_anchor_checkpoints',
            'read_anchor_state', 'check_anchor_state', 'load_anchor_checkpoints', 'anchor_checkpoint_records']
@@ -300,14 +300,11 @@ def create_anchor(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
     """`timm.create_model` for one anchor; missing pretrained weights raise `SNNetLoadError` naming the anchor, where
     its weights live and what to do, instead of huggingface_hub's traceback. `global_pool=''` on a family whose head
     pools ahead of its own layers (timm asserts) builds it pooled, then drops the pool (`families.EarlyPool`)."""
-    if kwargs.get('global_pool') == '':
-        with torch.device('meta'):
-            family = family_for(timm.create_model(name, device='meta'))
-        if family.head_keeps_pool:
-            model = create_anchor(name, pretrained, **{k: v for k, v in kwargs.items() if k != 'global_pool'})
-            family.drop_pool(model)
-            model._model_args = {**getattr(model, '_model_args', {}), 'global_pool': ''}  # as timm records it
-            return model
+    if kwargs.get('global_pool') == '' and pools_first(name):
+        model = create_anchor(name, pretrained, **{k: v for k, v in kwargs.items() if k != 'global_pool'})
+        family_for(model).drop_pool(model)
+        model._model_args = {**getattr(model, '_model_args', {}), 'global_pool': ''}  # as timm records it
+        return model
     try:
         if pretrained:
             kwargs = _fetched_url_weights(name, kwargs)

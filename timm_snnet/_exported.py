@@ -42,7 +42,8 @@ class ExportedStitch(RouteNet):
         stitch_layers: `{'in_features', 'out_features'}` of the stitching layer after each segment but the last.
         stitched_final_norm: a stitched route ends with its last anchor's final norm (False: SN-Net v1 DeiT).
         names, stitch_id, path: where the stitch comes from (display only).
-        num_classes, in_chans, img_size: passed to every anchor (`img_size` only to fixed-size ones, as in timm).
+        num_classes, in_chans, img_size, global_pool: passed to every anchor (`img_size` only to fixed-size ones, as
+            in timm).
         input_mean, input_std: the input's normalisation (default: the first anchor's); see `RouteNet.set_input_norm`.
     """
 
@@ -59,6 +60,7 @@ class ExportedStitch(RouteNet):
             num_classes: Optional[int] = None,
             in_chans: Optional[int] = None,
             img_size: Optional[Union[int, Sequence[int]]] = None,
+            global_pool: Optional[str] = None,
             input_mean: Optional[Sequence[float]] = None,
             input_std: Optional[Sequence[float]] = None,
             device=None,
@@ -66,8 +68,8 @@ class ExportedStitch(RouteNet):
     ):
         segments = [tuple(int(v) for v in s) for s in segments]
         _check_route(anchors, anchor_kwargs, segments, stitch_layers)
-        own = {k: v for k, v in dict(num_classes=num_classes, in_chans=in_chans, img_size=img_size).items()
-               if v is not None}
+        own = {k: v for k, v in dict(num_classes=num_classes, in_chans=in_chans, img_size=img_size,
+                                     global_pool=global_pool).items() if v is not None}
         super().__init__([create_anchor(name, False, **{**kw, **shared_kwargs(name, own)}, device=device, dtype=dtype)
                           for name, kw in zip(anchors, anchor_kwargs)], stitched_final_norm)
         self.set_input_norm(input_mean, input_std)
@@ -87,6 +89,7 @@ class ExportedStitch(RouteNet):
         self.anchor_names = tuple(names or (n.split('.')[0] for n in anchors))
         self.stitch_id, self.path = stitch_id, path
         self.in_chans = int(own.get('in_chans', anchor_kwargs[segments[0][0]].get('in_chans', 3)))
+        self.global_pool = global_pool
 
     @property
     def active_route(self) -> Route:
@@ -105,6 +108,8 @@ class ExportedStitch(RouteNet):
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         self._families[self._route.last.anchor].reset_head(self.last_anchor, num_classes, global_pool)
+        if global_pool is not None:
+            self.global_pool = global_pool
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -203,7 +208,7 @@ def export_stitch(model: nn.Module, stitch_id: int) -> ExportedStitch:
                             out_features=int(model.stitch_layers[i].weight.shape[0])) for i in route.layers],
         stitched_final_norm=bool(model.stitched_final_norm), names=[model.anchor_names[a] for a in used],
         stitch_id=k, path=path, num_classes=model.num_classes, in_chans=model.in_chans,
-        img_size=list(input_size[1:]) if fixed else None,
+        img_size=list(input_size[1:]) if fixed else None, global_pool=model.global_pool,
         input_mean=list(model.input_mean), input_std=list(model.input_std),
     )
     source = getattr(model, 'pretrained_cfg', None) or model.anchors[route.last.anchor].pretrained_cfg

@@ -70,6 +70,9 @@ class RouteNet(nn.Module):
         anchors: the anchors, each a timm model with a registered family adapter.
         stitched_final_norm: a stitched route ends with its last anchor's final norm (False: SN-Net v1 DeiT).
     """
+    # the anchors' pooling as last given (creation or reset_classifier; None: each anchor's own), as timm models keep
+    # it: timm's get_model_args reads it, so save_for_hf and export_stitch keep a reset's pooling
+    global_pool: Optional[str] = None
 
     def __init__(self, anchors: Sequence[nn.Module], stitched_final_norm: bool = True):
         super().__init__()

@@ -162,7 +162,7 @@ class SNNet(SNNetFeatures):
         self.anchor_names = tuple(names or (n.split('.')[0] for n in anchors))
         if len(self.anchor_names) != len(anchors):
             raise ValueError(f'{len(self.anchor_names)} names for {len(anchors)} anchors')
-        self.in_chans = in_chans
+        self.in_chans, self.global_pool = in_chans, global_pool
 
         depths = self._join_depths(join, stages)
         configs, layers = enumerate_configs(depths, stages, rule, kernel_size, stride, join)
@@ -591,6 +591,8 @@ class SNNet(SNNetFeatures):
         are pruned whole, and a head such as Qwen3-VL's cannot be reset without its encoder)."""
         for i in anchors:
             self._families[i].reset_head(self.anchors[i], num_classes, global_pool, **kwargs)
+        if global_pool is not None:
+            self.global_pool = global_pool
         self._costs.clear()
         forget(self)
 

@@ -49,6 +49,17 @@ from . import (  # noqa: F401  (each registers its adapter)
     vit_relpos,
     xcit,
 )
-from ._base import Family, Layout, Unit, can_stitch, family_for, register_family, registered_families
+from ._base import (
+    EarlyPool,
+    Family,
+    Layout,
+    Unit,
+    can_stitch,
+    family_for,
+    pools_first,
+    register_family,
+    registered_families,
+)
 
-__all__ = ['Family', 'Layout', 'Unit', 'can_stitch', 'family_for', 'register_family', 'registered_families']
+__all__ = ['EarlyPool', 'Family', 'Layout', 'Unit', 'can_stitch', 'family_for', 'pools_first', 'register_family',
+           'registered_families']

@@ -152,6 +152,18 @@ def can_stitch(model_or_name: Union[nn.Module, str]) -> bool:
         return False
 
 
+def pools_first(name: str) -> bool:
+    """Whether timm model `name` (tags allowed) is of a class whose head pools ahead of its own layers (`EarlyPool`),
+    read from the module of its entry point: nothing is built (a saved config's build stays within its budget)."""
+    source, arch = timm.models.parse_model_name(name)
+    arch = timm.models.split_model_name_tag(arch)[0]
+    if source or not timm.models.is_model(arch):
+        return False
+    module = timm.models.model_entrypoint(arch).__module__
+    families = [f for f in _FAMILIES if f.model_cls.__module__ == module]
+    return bool(families) and all(f.head_keeps_pool for f in families)
+
+
 # --- helpers shared by the adapters ---------------------------------------------------------------------------------
 def fixed_input_size(model: nn.Module) -> Optional[tuple[int, int]]:
     """The (H, W) an anchor takes, from timm's input config, where that is its only size; None where it takes any."""
