@@ -175,6 +175,30 @@ def test_valid_folder_still_loads(saved: Path) -> None:
     assert model.num_configs == tiny('snnet_deit_tsb').num_configs
 
 
+
+def test_bad_argument_values_in_a_folder_are_one_line_refusals(saved: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    """An argument value timm refuses with an assert (a pooling name no anchor has), in an SN-Net's or an exported
+    stitch's config.json: loading says which folder and why, and the CLI answers in one line with exit 2."""
+    stitch = tmp_path / 'stitch'
+    timm.models.save_for_hf(tiny('snnet_deit_tsb').export_stitch(1), stitch, safe_serialization=True)
+    for src in (saved, stitch):
+        folder = tmp_path / f'bad-{src.name}'
+        folder.mkdir()
+        (folder / 'model.safetensors').write_bytes((src / 'model.safetensors').read_bytes())
+        config = json.loads((src / 'config.json').read_text())
+        config['model_args']['global_pool'] = 'bogus'
+        (folder / 'config.json').write_text(json.dumps(config))
+        with pytest.raises(SNNetLoadError, match=rf'Refusing to load local-dir:{folder}: .* do not build a model: '
+                                                 r'AssertionError: .*pooling'):
+            timm.create_model(f'local-dir:{folder}', pretrained=True)
+        with pytest.raises(SystemExit) as e:
+            cli(['configs', '--model', f'local-dir:{folder}'])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count('\n') == 1 and 'pooling' in err, err
+
+
 _BIG = textwrap.dedent('''
     import json, sys, time
 

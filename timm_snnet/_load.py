@@ -365,7 +365,7 @@ def create_snnet(model_name: str, model_kwargs: Optional[dict] = None, num_class
         kwargs['num_classes'] = num_classes
     try:
         model = timm.create_model(model_name, **kwargs)
-    except TypeError as e:
+    except (TypeError, AssertionError) as e:  # timm refuses argument values with asserts (global_pool='bogus')
         raise ValueError(f'cannot create {model_name} with kwargs {kwargs}: {e}') from e
     except AnchorCheckpointError as e:
         raise ValueError(f'cannot create {model_name}: {e}') from e

@@ -26,7 +26,7 @@ from safetensors import safe_open
 from timm.models import is_model, model_entrypoint, parse_model_name, split_model_name_tag
 from torch.nn.modules import module as nn_module
 
-from ._errors import SNNetLoadError
+from ._errors import SNNetError, SNNetLoadError
 from ._exported import EXPORT_NAME, ExportedStitch
 from ._models import check_fit
 from ._snnet import SNNet
@@ -223,7 +223,13 @@ def check_weights_header(build: Callable[[], torch.nn.Module], weights: Union[st
     header = _header(path)
     _check_sizes(kwargs, header, where)
     with _tensor_budget(2 * len(header) + _TENSOR_SLACK, where):
-        model = build()
+        try:
+            model = build()
+        except SNNetError:
+            raise
+        except (AssertionError, TypeError, ValueError, KeyError, RuntimeError) as e:  # timm's refusals of bad args
+            raise _refuse(where, f'its model_args (with any create_model arguments) do not build a model: '
+                                 f'{type(e).__name__}: {e}') from e
     own = model.state_dict()
     check_fit({k: shape for k, (shape, _) in header.items()}, model)
     floats = {'F64', 'F32', 'F16', 'BF16'}
